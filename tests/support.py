@@ -183,14 +183,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class HttpBackend:
     """A real loopback HTTP server that a test can stop, start and make fail."""
 
-    def __init__(self, port: int | None = None, status: int = 200) -> None:
+    def __init__(self, port: int | None = None, status: int = 200, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = port or free_port()
         self.status = status
         self._server: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> HttpBackend:
         http.server.ThreadingHTTPServer.allow_reuse_address = True
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self._server = http.server.ThreadingHTTPServer((self.host, self.port), _Handler)
         self._server.status = self.status  # type: ignore[attr-defined]
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

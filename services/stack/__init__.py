@@ -1,0 +1,1 @@
+"""Run the whole GTM on one machine: embedded NATS, config, prober, scheduler, two edges."""

@@ -1,0 +1,34 @@
+"""``python -m services.stack``: the whole GTM in the foreground (what ``make run`` runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from services.stack.plan import build_plan
+from services.stack.supervise import supervise
+from shared import logs, service
+
+
+def main() -> None:
+    """Plan the stack from the environment and supervise it until a signal."""
+    logs.configure(
+        service="stack",
+        level=os.environ.get("GTM_LOG_LEVEL", "info"),
+        fmt=os.environ.get("GTM_LOG_FORMAT", "auto"),
+    )
+    plan = build_plan(os.environ, data_dir=Path(os.environ.get("GTM_DATA_DIR", ".data")))
+    code = 0
+
+    async def run(stop: asyncio.Event) -> None:
+        nonlocal code
+        code = await supervise(plan, stop)
+
+    service.run(run)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
