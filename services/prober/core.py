@@ -1,0 +1,136 @@
+"""The prober's pure core: check targets, their diff, the schedule and status matching.
+
+Nothing here does I/O or reads the clock; callers pass ``now`` and random draws in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from msgspec import Struct
+
+from shared import subjects
+from shared.resources import HealthCheck, Pool
+
+# A fresh start (or a changed check) runs its first check within this window,
+# so a new prober reports quickly instead of waiting up to a whole interval.
+FIRST_RUN_WINDOW_S = 1.0
+
+
+class Target(Struct, kw_only=True, frozen=True):
+    """One address to check: where, how, and under which identity."""
+
+    key: str  # subjects.address_key(pool, address)
+    pool: str
+    address: str  # the address's name
+    target: str  # the IP or host name probed
+    check: HealthCheck
+
+
+class Outcome(Struct, kw_only=True, frozen=True):
+    """The result of one check, before it becomes a ProbeResult."""
+
+    ok: bool
+    rtt_ms: float | None = None
+    error: str = ""
+
+
+class TargetDiff(Struct, kw_only=True, frozen=True):
+    """What a config change means for the running checks (sorted keys)."""
+
+    start: list[str]
+    stop: list[str]
+    restart: list[str]
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing has to change."""
+        return not (self.start or self.stop or self.restart)
+
+
+def derive_targets(pools: Mapping[str, Pool]) -> dict[str, Target]:
+    """Every enabled address with a health check in every enabled pool, by key."""
+    targets: dict[str, Target] = {}
+    for pool_name in sorted(pools):
+        pool = pools[pool_name]
+        if not pool.enabled:
+            continue
+        for addr in pool.addresses:
+            if not addr.enabled or addr.health_check is None:
+                continue
+            key = subjects.address_key(pool_name, addr.name)
+            targets[key] = Target(
+                key=key,
+                pool=pool_name,
+                address=addr.name,
+                target=addr.address,
+                check=addr.health_check,
+            )
+    return targets
+
+
+def diff_targets(old: Mapping[str, Target], new: Mapping[str, Target]) -> TargetDiff:
+    """Keys to start, to stop, and to restart because their target changed."""
+    return TargetDiff(
+        start=sorted(new.keys() - old.keys()),
+        stop=sorted(old.keys() - new.keys()),
+        restart=sorted(k for k in old.keys() & new.keys() if old[k] != new[k]),
+    )
+
+
+def first_delay(interval_s: float, draw: float) -> float:
+    """Delay of a target's first check: ``draw`` in [0, 1) spread over a short window."""
+    return min(max(draw, 0.0), 1.0) * min(interval_s, FIRST_RUN_WINDOW_S)
+
+
+def next_due(due: float, interval_s: float, now: float) -> float:
+    """The next scheduled time after ``due``, skipping slots already missed at ``now``.
+
+    Measured from the schedule, not from when a check ended, so check
+    duration never makes the period drift; a check that overran its slot
+    does not cause a burst of catch-up checks.
+    """
+    nxt = due + interval_s
+    if nxt >= now:
+        return nxt
+    return due + interval_s * math.ceil((now - due) / interval_s)
+
+
+def code_matches(status: int, expected: Sequence[int | str]) -> bool:
+    """True when an HTTP status matches one of ``expected`` (ints or ranges like "2xx")."""
+    for code in expected:
+        if isinstance(code, int) and not isinstance(code, bool):
+            if status == code:
+                return True
+        elif isinstance(code, str):
+            text = code.strip().lower()
+            if len(text) == 3 and text.endswith("xx") and text[0].isdigit():
+                if status // 100 == int(text[0]):
+                    return True
+            elif text.isdigit() and status == int(text):
+                return True
+    return False
+
+
+def status_error(status: int) -> str:
+    """The error string of an unexpected HTTP status."""
+    return f"status {status}"
+
+
+def transition_event(previous: bool | None, ok: bool) -> str | None:
+    """The log event a result deserves: on ok->fail, fail->ok, or a first failure."""
+    if not ok and previous is not False:
+        return "check_failed"
+    if ok and previous is False:
+        return "check_recovered"
+    return None
+
+
+def check_url(target: Target) -> str:
+    """The URL an HTTP(S) check requests: scheme://<ip or host>:<port><path>."""
+    hc = target.check
+    host = f"[{target.target}]" if ":" in target.target else target.target
+    port = hc.effective_port
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{hc.protocol}://{netloc}{hc.path}"
