@@ -1,0 +1,1 @@
+"""The scheduler: the only place where GTM decides which records a domain answers."""

@@ -1,0 +1,294 @@
+"""The scheduler's in-memory world: config, health, memory, and what to publish (pure, no I/O).
+
+Every entry point takes ``now`` (monotonic seconds, for intervals) and ``at``
+(unix seconds, stamped on messages) and returns an :class:`Outputs` that the
+I/O shell publishes.  Work is incremental: a probe result only recomputes the
+pool and domains of its address, and only when that address's state changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+from shared import subjects
+from shared.messages import AddressState, AnswerSet, PoolState, ProbeResult, SwitchEvent
+from shared.resources import Address, Domain, HealthCheck, Pool
+
+from .decide import PoolView, decide_domain, domain_warming, evaluate_pool, pool_state, same_content
+from .health import (
+    LastResult,
+    RegionState,
+    address_status,
+    is_checked,
+    is_settled,
+    observe,
+    region_states,
+)
+from .switch import detect_switch
+
+_DEFAULT_CHECK = HealthCheck()
+
+
+@dataclass
+class Outputs:
+    """What one step decided to publish."""
+
+    answers: list[AnswerSet] = field(default_factory=list)
+    pool_states: list[PoolState] = field(default_factory=list)
+    switches: list[SwitchEvent] = field(default_factory=list)
+    removed_pools: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.answers or self.pool_states or self.switches or self.removed_pools)
+
+
+@dataclass
+class _Tracked:
+    pool: str
+    address: Address
+    since: float
+    regions: dict[str, RegionState] = field(default_factory=dict)
+    state: AddressState | None = None
+    settled: bool = False
+
+
+class Engine:
+    """Decisions for every pool and domain, kept up to date event by event."""
+
+    def __init__(self, *, now: float) -> None:
+        self.started = False
+        self.start_time = now
+        self.pools: dict[str, Pool] = {}
+        self.domains: dict[str, tuple[Domain, int]] = {}
+        self.addresses: dict[str, _Tracked] = {}  # by address key
+        self.views: dict[str, PoolView] = {}
+        self.current: dict[str, str | None] = {}  # non-preemptive memory per pool
+        self.pool_states: dict[str, PoolState] = {}  # last published/loaded
+        self.answers: dict[str, AnswerSet] = {}  # last published/loaded
+        self.domains_by_pool: dict[str, set[str]] = {}
+        self.pending: set[str] = set()  # checked keys waiting for a first result or their interval
+        self.retry_domains: set[str] = set()
+        self.retry_pools: set[str] = set()
+
+    # -- loading previous decisions -------------------------------------------------
+
+    def load_answer(self, answer: AnswerSet) -> None:
+        """Remember an answer published before this process started."""
+        self.answers[answer.domain] = answer
+
+    def load_pool_state(self, state: PoolState) -> None:
+        """Remember a pool view published before this process started (and its memory)."""
+        self.pool_states[state.pool] = state
+        self.current[state.pool] = state.current
+
+    def start(self, *, now: float, at: float) -> Outputs:
+        """Decide everything once the initial config and previous answers are loaded."""
+        self.started = True
+        out = Outputs()
+        for name in list(self.pools):
+            self._refresh_pool(name, now=now, at=at, out=out, cascade=False)
+        for name in list(self.domains):
+            self._refresh_domain(name, at=at, out=out)
+        for name, answer in list(self.answers.items()):
+            if name not in self.domains and not answer.deleted:
+                self._tombstone(name, answer, at=at, out=out)
+        out.removed_pools.extend(p for p in self.pool_states if p not in self.pools)
+        for p in out.removed_pools:
+            del self.pool_states[p]
+        return out
+
+    # -- config ---------------------------------------------------------------------
+
+    def set_pool(self, name: str, pool: Pool | None, *, now: float, at: float) -> Outputs:
+        """Apply a pool written to (or deleted from, with None) the config bucket."""
+        out = Outputs()
+        old = self.pools.pop(name, None)
+        keep = {a.name for a in pool.addresses} if pool else set()
+        for a in old.addresses if old else []:
+            if a.name not in keep:
+                key = subjects.address_key(name, a.name)
+                self.addresses.pop(key, None)
+                self.pending.discard(key)
+        if pool is None:
+            self.views.pop(name, None)
+            self.current.pop(name, None)
+            if self.started and self.pool_states.pop(name, None) is not None:
+                out.removed_pools.append(name)
+        else:
+            pool = msgspec.structs.replace(pool, name=name)
+            self.pools[name] = pool
+            since = now if self.started else self.start_time
+            for a in pool.addresses:
+                key = subjects.address_key(name, a.name)
+                tracked = self.addresses.setdefault(key, _Tracked(pool=name, address=a, since=since))
+                if is_checked(a) and not is_checked(tracked.address):
+                    tracked.since = since  # newly checked: give its first check one interval
+                tracked.address = a
+        if not self.started:
+            return out
+        if pool is not None:
+            self._refresh_pool(name, now=now, at=at, out=out, cascade=True)
+        else:
+            for d in sorted(self.domains_by_pool.get(name, set())):
+                self._refresh_domain(d, at=at, out=out)
+        return out
+
+    def set_domain(self, name: str, domain: Domain | None, revision: int, *, at: float) -> Outputs:
+        """Apply a domain written to (or deleted from, with None) the config bucket."""
+        out = Outputs()
+        old = self.domains.pop(name, None)
+        for ref in old[0].pools if old else []:
+            self.domains_by_pool.get(ref.pool, set()).discard(name)
+        self.retry_domains.discard(name)
+        if domain is None:
+            previous = self.answers.get(name)
+            if self.started and previous is not None and not previous.deleted:
+                self._tombstone(name, previous, at=at, out=out, revision=revision)
+            return out
+        self.domains[name] = (domain, revision)
+        for ref in domain.pools:
+            self.domains_by_pool.setdefault(ref.pool, set()).add(name)
+        if self.started:
+            self._refresh_domain(name, at=at, out=out)
+        return out
+
+    # -- health -----------------------------------------------------------------------
+
+    def observe(self, result: ProbeResult, *, now: float, at: float) -> Outputs:
+        """Feed one probe result; recompute only what its address's change affects."""
+        out = Outputs()
+        tracked = self.addresses.get(result.key)
+        if tracked is None:
+            return out
+        last = LastResult(
+            ok=result.ok, error=result.error, protocol=result.protocol, rtt_ms=result.rtt_ms, at=result.at
+        )
+        hc = tracked.address.health_check or _DEFAULT_CHECK
+        tracked.regions[result.region] = observe(tracked.regions.get(result.region), last, hc)
+        if self.started and self._refresh_address(result.key, tracked, now=now):
+            self._refresh_pool(tracked.pool, now=now, at=at, out=out, cascade=True)
+        return out
+
+    def tick(self, *, now: float, at: float) -> Outputs:
+        """Handle interval deadlines (unknown addresses, warming) and failed publications."""
+        out = Outputs()
+        pools: set[str] = {p for p in self.retry_pools if p in self.pools}
+        for key in list(self.pending):
+            tracked = self.addresses.get(key)
+            if tracked is None:
+                self.pending.discard(key)
+            elif self._refresh_address(key, tracked, now=now):
+                pools.add(tracked.pool)
+        for name in sorted(pools):
+            self._refresh_pool(name, now=now, at=at, out=out, cascade=True)
+        for name in sorted(self.retry_domains):
+            self._refresh_domain(name, at=at, out=out)
+        return out
+
+    def publish_failed(self, *, domains: list[str], pools: list[str]) -> None:
+        """Publications that did not reach NATS: republish them on the next tick."""
+        self.retry_domains.update(domains)
+        self.retry_pools.update(pools)
+
+    # -- recomputation ------------------------------------------------------------------
+
+    def _refresh_address(self, key: str, tracked: _Tracked, *, now: float) -> bool:
+        a = tracked.address
+        status = address_status(a, tracked.regions, now=now, tracked_since=tracked.since)
+        state = AddressState(
+            name=a.name,
+            address=a.address,
+            available=status.available,
+            mode=a.mode,
+            enabled=a.enabled,
+            regions=region_states(tracked.regions),
+            reason="" if status.available or not a.enabled else status.reason,
+        )
+        settled = is_settled(a, tracked.regions, now=now, tracked_since=tracked.since)
+        if settled:
+            self.pending.discard(key)
+        else:
+            self.pending.add(key)
+        changed = state != tracked.state or settled != tracked.settled
+        tracked.state, tracked.settled = state, settled
+        return changed
+
+    def _refresh_pool(self, name: str, *, now: float, at: float, out: Outputs, cascade: bool) -> None:
+        pool = self.pools[name]
+        states: dict[str, AddressState] = {}
+        warming = False
+        for a in pool.addresses:
+            key = subjects.address_key(name, a.name)
+            tracked = self.addresses[key]
+            self._refresh_address(key, tracked, now=now)
+            assert tracked.state is not None
+            states[a.name] = tracked.state
+            warming = warming or (pool.enabled and not tracked.settled)
+        view = evaluate_pool(pool, states, current=self.current.get(name), warming=warming)
+        old = self.views.get(name)
+        self.views[name] = view
+        if not warming:
+            self.current[name] = view.current
+            self._emit_pool_state(view, at=at, out=out)
+        if cascade and view != old:
+            for d in self.domains_by_pool.get(name, set()).copy():
+                self._refresh_domain(d, at=at, out=out)
+
+    def _emit_pool_state(self, view: PoolView, *, at: float, out: Outputs) -> None:
+        state = pool_state(view, at=at)
+        old = self.pool_states.get(view.name)
+        force = view.name in self.retry_pools
+        self.retry_pools.discard(view.name)
+        if (
+            force
+            or old is None
+            or msgspec.structs.replace(old, at=0.0) != msgspec.structs.replace(state, at=0.0)
+        ):
+            self.pool_states[view.name] = state
+            out.pool_states.append(state)
+
+    def _refresh_domain(self, name: str, *, at: float, out: Outputs) -> None:
+        entry = self.domains.get(name)
+        if entry is None:
+            previous = self.answers.get(name)
+            if name in self.retry_domains and previous is not None and previous.deleted:
+                out.answers.append(previous)
+            self.retry_domains.discard(name)
+            return
+        domain, revision = entry
+        if domain_warming(domain, self.views):
+            return
+        force = name in self.retry_domains
+        self.retry_domains.discard(name)
+        previous = self.answers.get(name)
+        answer = decide_domain(name, domain, revision=revision, views=self.views, previous=previous)
+        if same_content(previous, answer) and not force:
+            return
+        answer = msgspec.structs.replace(answer, published_at=at)
+        switch = detect_switch(domain, previous, answer, views=self.views, at=at)
+        self.answers[name] = answer
+        out.answers.append(answer)
+        if switch is not None:
+            out.switches.append(switch)
+
+    def _tombstone(
+        self, name: str, previous: AnswerSet, *, at: float, out: Outputs, revision: int | None = None
+    ) -> None:
+        tomb = AnswerSet(
+            domain=name,
+            enabled=False,
+            deleted=True,
+            record_type=previous.record_type,
+            ttl=previous.ttl,
+            config_revision=previous.config_revision if revision is None else revision,
+            published_at=at,
+        )
+        self.answers[name] = tomb
+        out.answers.append(tomb)
+
+    def warming(self, name: str) -> bool:
+        """Whether a domain's answer is held back until its addresses have been observed."""
+        entry = self.domains.get(name)
+        return entry is not None and domain_warming(entry[0], self.views)

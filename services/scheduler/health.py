@@ -1,0 +1,116 @@
+"""Per-vantage threshold state machine and address availability (pure, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from msgspec import Struct
+
+from shared.resources import Address, HealthCheck
+
+State = Literal["unknown", "up", "down"]
+
+
+class LastResult(Struct, kw_only=True, frozen=True):
+    """The essentials of one probe result, kept to explain a state."""
+
+    ok: bool
+    error: str = ""
+    protocol: str = ""
+    rtt_ms: float | None = None
+    at: float = 0.0
+
+
+class RegionState(Struct, kw_only=True, frozen=True):
+    """Thresholded state of one address seen from one region."""
+
+    state: State = "unknown"
+    oks: int = 0  # consecutive successes
+    fails: int = 0  # consecutive failures
+    last: LastResult | None = None
+    last_failure: LastResult | None = None
+
+
+class AddressStatus(Struct, kw_only=True, frozen=True):
+    """Whether an address may be answered, and why not."""
+
+    available: bool
+    reason: str = ""
+
+
+UNKNOWN = RegionState()
+
+
+def observe(prev: RegionState | None, result: LastResult, hc: HealthCheck) -> RegionState:
+    """Feed one result into a region's state machine; return the new state."""
+    prev = prev or UNKNOWN
+    oks = prev.oks + 1 if result.ok else 0
+    fails = 0 if result.ok else prev.fails + 1
+    state: State = prev.state
+    if state == "unknown":
+        state = "up" if result.ok else "down"
+    elif state == "up" and fails >= hc.failures:
+        state = "down"
+    elif state == "down" and oks >= hc.successes:
+        state = "up"
+    return RegionState(
+        state=state,
+        oks=oks,
+        fails=fails,
+        last=result,
+        last_failure=prev.last_failure if result.ok else result,
+    )
+
+
+def is_checked(address: Address) -> bool:
+    """An enabled auto-mode address with a health check: its state comes from probes."""
+    return address.enabled and address.mode == "auto" and address.health_check is not None
+
+
+def is_settled(
+    address: Address, regions: Mapping[str, RegionState], *, now: float, tracked_since: float
+) -> bool:
+    """Whether an address has been observed, or needs no observation, or waited long enough."""
+    if not is_checked(address):
+        return True
+    assert address.health_check is not None
+    if any(r.state != "unknown" for r in regions.values()):
+        return True
+    return now - tracked_since >= address.health_check.interval_s
+
+
+def address_status(
+    address: Address, regions: Mapping[str, RegionState], *, now: float, tracked_since: float
+) -> AddressStatus:
+    """Availability of one address from its mode, check and regions' states."""
+    if not address.enabled:
+        return AddressStatus(available=False, reason=f"{address.name} disabled")
+    if address.mode == "manual_available":
+        return AddressStatus(available=True)
+    if address.mode == "manual_unavailable":
+        return AddressStatus(available=False, reason=f"{address.name} set manual_unavailable")
+    hc = address.health_check
+    if hc is None:
+        return AddressStatus(available=True)
+    known = {name: r for name, r in sorted(regions.items()) if r.state != "unknown"}
+    if not known:
+        if now - tracked_since >= hc.interval_s:
+            return AddressStatus(available=True)
+        return AddressStatus(available=False, reason=f"{address.name} {hc.protocol} no result yet")
+    down = [r for r in known.values() if r.state == "down"]
+    if 100 * len(down) / len(known) >= hc.failure_rate:
+        return AddressStatus(available=False, reason=_down_reason(address.name, hc, down[0]))
+    return AddressStatus(available=True)
+
+
+def _down_reason(name: str, hc: HealthCheck, region: RegionState) -> str:
+    failure = region.last_failure or region.last
+    if failure is None:
+        return f"{name} {hc.protocol} down"
+    return f"{name} {failure.protocol or hc.protocol} {failure.error or 'failed'}"
+
+
+def region_states(regions: Mapping[str, RegionState]) -> dict[str, str]:
+    """Region -> "up" | "down" | "unknown", for the published pool view."""
+    return {name: r.state for name, r in sorted(regions.items())}
