@@ -62,8 +62,8 @@ class HealthCheck(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     path: Annotated[str, Meta(min_length=1, max_length=1024)] = "/"
     host: Annotated[str, Meta(max_length=253)] = ""
     expected_codes: list[int | str] = msgspec.field(default_factory=lambda: [200])
-    interval_s: Annotated[float, Meta(ge=1, le=3600)] = 15
-    timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 2
+    interval_s: Annotated[float, Meta(ge=1, le=3600)] = 15.0
+    timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
     failures: OneToTen = 2
     successes: OneToTen = 1
     failure_rate: Percent = 50

@@ -1,0 +1,204 @@
+"""The HTTP shell: aiohttp application, middlewares and handlers of REST API v1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import nats.errors
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+
+from services.config.backend import Backend, run_backend
+from services.config.documents import API_BASE, DOMAIN, MAX_BODY_BYTES, POOL, Kind, etag, render
+from services.config.errors import ApiError, PayloadTooLarge, Unauthorized, code_for_status, error_body
+from services.config.security import OPEN_PATHS, token_ok
+from services.config.views import parse_events_query
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+BACKEND = web.AppKey("backend", Backend)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response encoded by msgspec."""
+    return web.Response(
+        body=msgspec.json.encode(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the contract's error body."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        message = _http_message(request, exc)
+        return json_response(error_body(code_for_status(exc.status), message), status=exc.status, headers=headers)
+    except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        log.warning("nats_request_failed", path=request.path, error=repr(exc))
+        return json_response(error_body("unavailable", f"NATS did not answer: {exc!r}"), status=503)
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        return json_response(error_body("internal", "internal error"), status=500)
+
+
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no such resource: {request.path}"
+    if exc.status == 405:
+        return f"method {request.method} is not allowed on {request.path}"
+    if exc.status == 413:
+        return f"request body is over {MAX_BODY_BYTES} bytes"
+    return exc.reason
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With a token configured, require ``Authorization: Bearer <token>`` outside /healthz, /readyz."""
+    token = request.app[SETTINGS].api_token
+    if token and request.path not in OPEN_PATHS and not token_ok(request.headers.get("Authorization"), token):
+        raise Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One structlog line per request."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Log method, path, status and duration."""
+        log.info(
+            "http_request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            duration_ms=round(time * 1000, 3),
+        )
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body is over {MAX_BODY_BYTES} bytes")
+    return await request.read()  # over client_max_size: HTTPRequestEntityTooLarge -> 413
+
+
+def _resource_response(stored: Any, *, status: int = 200) -> web.Response:
+    return json_response(
+        render(stored.resource, stored.name, stored.revision),
+        status=status,
+        headers={"ETag": etag(stored.revision)},
+    )
+
+
+def resource_routes(kind: Kind) -> list[web.RouteDef]:
+    """List/GET/PUT/PATCH/DELETE routes of one resource kind."""
+
+    async def list_all(request: web.Request) -> web.Response:
+        stored = await request.app[BACKEND].store.list_all(kind)
+        return json_response({kind.collection: [render(s.resource, s.name, s.revision) for s in stored]})
+
+    async def get_one(request: web.Request) -> web.Response:
+        return _resource_response(await request.app[BACKEND].store.get(kind, request.match_info["name"]))
+
+    async def put_one(request: web.Request) -> web.Response:
+        body = await _read_body(request)
+        stored, created = await request.app[BACKEND].store.put(
+            kind, request.match_info["name"], body, if_match=request.headers.get("If-Match")
+        )
+        return _resource_response(stored, status=201 if created else 200)
+
+    async def patch_one(request: web.Request) -> web.Response:
+        body = await _read_body(request)
+        stored = await request.app[BACKEND].store.patch(
+            kind, request.match_info["name"], body, if_match=request.headers.get("If-Match")
+        )
+        return _resource_response(stored)
+
+    async def delete_one(request: web.Request) -> web.Response:
+        await request.app[BACKEND].store.delete(
+            kind, request.match_info["name"], if_match=request.headers.get("If-Match")
+        )
+        return web.Response(status=204)
+
+    base = f"{API_BASE}/{kind.collection}"
+    item = base + "/{name}"
+    return [
+        web.get(base, list_all, allow_head=False),
+        web.get(item, get_one, allow_head=False),
+        web.put(item, put_one),
+        web.patch(item, patch_one),
+        web.delete(item, delete_one),
+    ]
+
+
+async def domain_status(request: web.Request) -> web.Response:
+    """``GET /domains/{fqdn}/status``."""
+    return json_response(await request.app[BACKEND].domain_status(request.match_info["name"]))
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """``GET /events?domain=&kind=&limit=``: newest first."""
+    query = parse_events_query(request.query)
+    backend = request.app[BACKEND]
+    backend.require_available()
+    return json_response({"events": backend.events.query(query)})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when NATS is connected and the KV bucket answers."""
+    reason = await request.app[BACKEND].not_ready_reason()
+    if reason:
+        return json_response({"status": "not_ready", "reason": reason}, status=503)
+    return json_response({"status": "ready"})
+
+
+async def _nats_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start the NATS side in the background (the API answers 503 until it is up); close it at exit."""
+    backend = app[BACKEND]
+    task = asyncio.create_task(run_backend(backend), name="config-backend")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await backend.close()
+
+
+def create_app(settings: Settings, *, backend: Backend | None = None) -> web.Application:
+    """The REST API v1 application; its NATS side starts with the app."""
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[error_middleware, auth_middleware],
+    )
+    app[SETTINGS] = settings
+    app[BACKEND] = backend or Backend(settings)
+    app.cleanup_ctx.append(_nats_ctx)
+    app.add_routes(
+        [
+            web.get("/healthz", healthz, allow_head=False),
+            web.get("/readyz", readyz, allow_head=False),
+            *resource_routes(POOL),
+            web.get(f"{API_BASE}/{DOMAIN.collection}/{{name}}/status", domain_status, allow_head=False),
+            *resource_routes(DOMAIN),
+            web.get(f"{API_BASE}/events", list_events, allow_head=False),
+        ]
+    )
+    return app

@@ -1,0 +1,63 @@
+"""Pure access policy: bearer tokens and where an unauthenticated API may listen."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from dataclasses import dataclass
+
+from shared.settings import Settings, split_host_port
+
+DEFAULT_API_PORT = 8080
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback name or address (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ListenCheck:
+    """Whether the API may start on its listen address, and what to log about it."""
+
+    host: str
+    port: int
+    refuse: bool = False
+    warning: str = ""
+    error: str = ""
+
+
+def check_listen(settings: Settings) -> ListenCheck:
+    """Refuse a non-loopback listen address without a token; warn on an open loopback one."""
+    host, port = split_host_port(settings.api_listen, default_port=DEFAULT_API_PORT)
+    if settings.api_token:
+        return ListenCheck(host, port)
+    if not is_loopback(host):
+        return ListenCheck(
+            host,
+            port,
+            refuse=True,
+            error=(
+                f"refusing to serve the API on {host}:{port} without a token: "
+                "set GTM_API_TOKEN, or listen on loopback (127.0.0.1, ::1, localhost)"
+            ),
+        )
+    return ListenCheck(
+        host, port, warning="the API is unauthenticated (no GTM_API_TOKEN); it is bound to loopback only"
+    )
+
+
+def token_ok(authorization: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <token>`` (constant-time compare)."""
+    if not authorization:
+        return False
+    scheme, _, given = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())

@@ -1,0 +1,218 @@
+"""Pure read models: the event log cache, latest probe results, events and status views."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from services.config.errors import InvalidArgument
+from shared import subjects
+from shared.messages import AnswerSet, Event, PoolState, ProbeResult, SwitchEvent
+from shared.resources import Domain, Pool
+
+EVENT_KINDS = ("switch", "operation")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+def iso(ts: float) -> str:
+    """Unix seconds as an ISO 8601 UTC string with milliseconds (``...T01:39:20.123Z``)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_kind(event: Event) -> str:
+    """``"switch"`` or ``"operation"``."""
+    return "switch" if isinstance(event, SwitchEvent) else "operation"
+
+
+def switch_message(event: SwitchEvent) -> str:
+    """One line describing a switch."""
+    return f"switched from {event.from_pool or '(none)'} to {event.to_pool or '(none)'}: {event.reason}"
+
+
+def render_event(event: Event) -> dict[str, Any]:
+    """The API view of a switch or operation event."""
+    if isinstance(event, SwitchEvent):
+        return {
+            "kind": "switch",
+            "domain": event.domain,
+            "at": iso(event.at),
+            "message": switch_message(event),
+            "from_pool": event.from_pool,
+            "to_pool": event.to_pool,
+            "reason": event.reason,
+            "before": list(event.before),
+            "after": list(event.after),
+            "fallback": event.fallback,
+        }
+    return {
+        "kind": "operation",
+        "domain": event.domain,
+        "at": iso(event.at),
+        "message": event.message or f"{event.method} {event.path}",
+        "method": event.method,
+        "path": event.path,
+        "resource": event.resource,
+        "name": event.name,
+        "revision": event.revision,
+    }
+
+
+@dataclass(frozen=True)
+class EventsQuery:
+    """Filters of ``GET /events``."""
+
+    domain: str = ""
+    kind: str = ""
+    limit: int = DEFAULT_LIMIT
+
+
+def parse_events_query(query: Mapping[str, str]) -> EventsQuery:
+    """Validate ``domain``, ``kind`` and ``limit``; raise ``invalid_argument`` naming the field."""
+    raw_limit = query.get("limit", "")
+    limit = DEFAULT_LIMIT
+    if raw_limit != "":
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise InvalidArgument(f"limit must be an integer, not {raw_limit!r}", "limit") from None
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidArgument(f"limit must be 1-{MAX_LIMIT}", "limit")
+    kind = query.get("kind", "")
+    if kind and kind not in EVENT_KINDS:
+        raise InvalidArgument("kind must be switch or operation", "kind")
+    domain = query.get("domain", "").strip().rstrip(".").lower()
+    return EventsQuery(domain=domain, kind=kind, limit=limit)
+
+
+class EventLog:
+    """The last ``capacity`` events of the EVENTS stream, keyed by stream sequence."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self.high_seq = 0  # highest stream sequence seen, decodable or not
+        self._events: dict[int, Event] = {}
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def seen(self, seq: int) -> None:
+        """Note that the stream reached ``seq`` (even if that message was unreadable)."""
+        self.high_seq = max(self.high_seq, seq)
+
+    def add(self, seq: int, event: Event) -> None:
+        """Insert an event (a duplicate sequence replaces itself); drop the oldest over capacity."""
+        self.seen(seq)
+        self._events[seq] = event
+        if len(self._events) > self.capacity + self.capacity // 10:
+            for old in sorted(self._events)[: len(self._events) - self.capacity]:
+                del self._events[old]
+
+    def query(self, q: EventsQuery) -> list[dict[str, Any]]:
+        """Events matching ``q``, newest first, rendered."""
+        out: list[dict[str, Any]] = []
+        for seq in sorted(self._events, reverse=True):
+            event = self._events[seq]
+            if q.kind and event_kind(event) != q.kind:
+                continue
+            if q.domain and event.domain != q.domain:
+                continue
+            out.append(render_event(event))
+            if len(out) >= q.limit:
+                break
+        return out
+
+
+class ProbeTable:
+    """The latest probe result per (address key, region, prober)."""
+
+    def __init__(self, max_age_s: float = 3 * 3600, prune_every: int = 1024) -> None:
+        self.max_age_s = max_age_s
+        self.prune_every = prune_every
+        self._added = 0
+        self._latest: dict[str, dict[tuple[str, str], ProbeResult]] = {}
+
+    def add(self, result: ProbeResult) -> None:
+        """Keep ``result`` unless a newer one of the same prober is known."""
+        per_key = self._latest.setdefault(result.key, {})
+        slot = (result.region, result.prober)
+        old = per_key.get(slot)
+        if old is None or old.at <= result.at:
+            per_key[slot] = result
+        self._added += 1
+        if self._added % self.prune_every == 0:
+            self.prune(now=result.at)
+
+    def prune(self, *, now: float) -> None:
+        """Forget results older than ``max_age_s`` (probers that went away)."""
+        for key in list(self._latest):
+            fresh = {s: r for s, r in self._latest[key].items() if now - r.at <= self.max_age_s}
+            if fresh:
+                self._latest[key] = fresh
+            else:
+                del self._latest[key]
+
+    def checks(self, key: str) -> list[ProbeResult]:
+        """The latest results of one address, by region then prober."""
+        return [r for _, r in sorted(self._latest.get(key, {}).items())]
+
+
+def render_check(result: ProbeResult) -> dict[str, Any]:
+    """The API view of one probe result."""
+    return {
+        "region": result.region,
+        "prober": result.prober,
+        "ok": result.ok,
+        "rtt_ms": result.rtt_ms,
+        "error": result.error,
+        "at": iso(result.at),
+    }
+
+
+def render_answer(answer: AnswerSet | None) -> dict[str, Any] | None:
+    """The API view of a published answer (None before the first one, or after a tombstone)."""
+    if answer is None or answer.deleted:
+        return None
+    return {
+        "pool": answer.pool,
+        "records": list(answer.records),
+        "ttl": answer.ttl,
+        "fallback": answer.fallback,
+        "published_at": iso(answer.published_at) if answer.published_at else None,
+    }
+
+
+def render_pool_status(
+    name: str, pool: Pool | None, state: PoolState | None, probes: ProbeTable
+) -> dict[str, Any]:
+    """One pool of a domain's status: availability from the scheduler, addresses from config."""
+    available = {a.name: a.available for a in state.addresses} if state else {}
+    addresses = [
+        {
+            "name": addr.name,
+            "address": addr.address,
+            "available": available.get(addr.name),
+            "mode": addr.mode,
+            "checks": [render_check(r) for r in probes.checks(subjects.address_key(name, addr.name))],
+        }
+        for addr in (pool.addresses if pool else [])
+    ]
+    return {"name": name, "available": state.available if state else None, "addresses": addresses}
+
+
+def render_status(
+    domain: Domain,
+    answer: AnswerSet | None,
+    pools: list[tuple[str, Pool | None, PoolState | None]],
+    probes: ProbeTable,
+) -> dict[str, Any]:
+    """``GET /domains/{fqdn}/status``: the answer served and why."""
+    return {
+        "domain": domain.name,
+        "enabled": domain.enabled,
+        "answer": render_answer(answer),
+        "pools": [render_pool_status(name, pool, state, probes) for name, pool, state in pools],
+    }
+
