@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any
 
 import nats
@@ -48,8 +49,14 @@ STREAMS = (
 async def connect(settings: NatsSettings, **kwargs: Any) -> Client:
     """Connect to NATS and keep reconnecting for ever."""
 
+    last_error = ["", 0.0]
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats_error", error=str(exc))
+        # While NATS is down the client fails every reconnect: say so once per message and minute.
+        now = time.monotonic()
+        if str(exc) != last_error[0] or now - float(last_error[1]) > 60:
+            log.warning("nats_error", error=str(exc))
+            last_error[:] = [str(exc), now]
 
     async def on_disconnect() -> None:
         log.warning("nats_disconnected")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import itertools
 import json
 import os
 import shutil
@@ -106,13 +107,16 @@ def _tcp_open(port: int) -> bool:
     return False
 
 
+_log_ids = itertools.count(1)
+
+
 class Service:
     """One GTM service running as a real process: ``python -m services.<name>``."""
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.env = {**os.environ, "GTM_LOG_FORMAT": "json", **env}
-        self.log_path = log_dir / f"{name}-{int(time.monotonic() * 1000)}.log"
+        self.log_path = log_dir / f"{name}-{next(_log_ids)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:

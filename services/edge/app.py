@@ -1,0 +1,95 @@
+"""The edge process: connect to NATS, load the answer snapshot, then serve DNS until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from nats.aio.client import Client
+
+from services.edge.feed import AnswerFeed
+from services.edge.responder import Responder
+from services.edge.server import DnsListener
+from services.edge.table import AnswerTable
+from shared import bus
+from shared.settings import Settings, split_host_port
+
+log = structlog.get_logger(__name__)
+
+DNS_PORT = 53
+RETRY_S = 1.0
+DRAIN_TIMEOUT_S = 2.0
+
+T = TypeVar("T")
+
+
+async def _until_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """Await ``aw`` unless ``stop`` is set first (then cancel it and return None)."""
+    task = asyncio.ensure_future(aw)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return None
+
+
+async def _retry(what: str, make: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
+    """Run ``make()`` until it succeeds or ``stop`` is set (nats-py may retry for ever inside)."""
+    while not stop.is_set():
+        try:
+            return await _until_stopped(make(), stop)
+        except Exception as exc:  # noqa: BLE001 - NATS not reachable yet: try again
+            log.warning(f"{what}_failed", error=str(exc) or type(exc).__name__)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), RETRY_S)
+    return None
+
+
+async def _close(nc: Client) -> None:
+    try:
+        await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - NATS may be away at shutdown
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def _log_ready(listen: str) -> None:
+    log.info("service_ready", listen=listen)
+
+
+async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[str], None] = _log_ready) -> None:
+    """Run one edge: snapshot, bind UDP+TCP on ``settings.dns_listen``, answer until ``stop``."""
+    host, port = split_host_port(settings.dns_listen, default_port=DNS_PORT)
+    table = AnswerTable()
+    async with contextlib.AsyncExitStack() as stack:
+        nc = await _retry("nats_connect", lambda: bus.connect(settings.nats), stop)
+        if nc is None:
+            return
+        stack.push_async_callback(_close, nc)
+        js = nc.jetstream()
+        feed = AnswerFeed(js, table)
+
+        async def subscribe() -> bool:
+            await bus.ensure_streams(js)
+            await bus.config_bucket(js)
+            await feed.start()
+            return True
+
+        if not await _retry("answers_subscribe", subscribe, stop):
+            return
+        stack.push_async_callback(feed.stop)
+        if not await feed.wait_loaded(stop):
+            return
+        log.info("snapshot_loaded", domains=len(table))
+        listener = DnsListener(Responder(table), host, port)
+        await listener.start()
+        stack.push_async_callback(listener.stop)
+        on_ready(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        await stop.wait()

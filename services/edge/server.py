@@ -1,0 +1,194 @@
+"""UDP and TCP DNS listeners around a Responder (SO_REUSEPORT, RFC 7766 framing)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Any
+
+import structlog
+
+from services.edge.responder import Responder
+
+log = structlog.get_logger(__name__)
+
+TCP_IDLE_S = 10.0
+MAX_TCP_CONNECTIONS = 1024
+UDP_RCVBUF = 4 * 1024 * 1024
+TCP_BACKLOG = 1024
+
+
+def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+    """A non-blocking socket bound with SO_REUSEPORT (so worker processes share the port)."""
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=kind)[0]
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        sock.bind(addr)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(TCP_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    """Answers each datagram at once, sending straight on the socket."""
+
+    def __init__(self, responder: Responder, sock: socket.socket) -> None:
+        self._answer = responder.answer
+        self._sendto = sock.sendto
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            reply = self._answer(data)
+        except Exception:  # never let one packet hurt the listener
+            log.exception("dns_answer_failed", size=len(data))
+            return
+        if reply is None:
+            return
+        try:
+            self._sendto(reply, addr)
+        except BlockingIOError:
+            if self._transport is not None:
+                self._transport.sendto(reply, addr)  # queued by the loop
+        except OSError:
+            pass  # e.g. ICMP-induced errors: the client is gone
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable from clients that left
+
+
+class TcpConnections:
+    """Counts open TCP connections to enforce a cap, and closes them all on shutdown."""
+
+    def __init__(self, limit: int = MAX_TCP_CONNECTIONS) -> None:
+        self.limit = limit
+        self.open: set[TcpProtocol] = set()
+
+    def close_all(self) -> None:
+        """Abort every open connection."""
+        for conn in list(self.open):
+            conn.close()
+
+
+class TcpProtocol(asyncio.Protocol):
+    """RFC 7766: 2-byte length framing, pipelined queries, idle timeout."""
+
+    def __init__(self, responder: Responder, conns: TcpConnections, idle_s: float = TCP_IDLE_S) -> None:
+        self._answer = responder.answer
+        self._conns = conns
+        self._idle_s = idle_s
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        if len(self._conns.open) >= self._conns.limit:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._conns.open.add(self)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conns.open.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        self._arm()
+        out = []
+        buf = self._buf
+        while len(buf) >= 2:
+            size = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + size:
+                break
+            message = bytes(buf[2 : 2 + size])
+            del buf[: 2 + size]
+            try:
+                reply = self._answer(message, True)
+            except Exception:
+                log.exception("dns_answer_failed", size=size)
+                reply = None
+            if reply is not None:
+                out.append(len(reply).to_bytes(2, "big") + reply)
+        if out and self._transport is not None:
+            self._transport.write(b"".join(out))
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()  # a client that does not read gets no more answers
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the connection now."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._idle_s, self._idle)
+
+    def _idle(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class DnsListener:
+    """One UDP endpoint and one TCP server on the same address."""
+
+    def __init__(
+        self,
+        responder: Responder,
+        host: str,
+        port: int,
+        *,
+        tcp_idle_s: float = TCP_IDLE_S,
+        max_tcp: int = MAX_TCP_CONNECTIONS,
+    ) -> None:
+        self.responder = responder
+        self.host, self.port = host, port
+        self.tcp_idle_s = tcp_idle_s
+        self.conns = TcpConnections(max_tcp)
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Bind UDP and TCP and start answering."""
+        loop = asyncio.get_running_loop()
+        usock = bind_socket(self.host, self.port, socket.SOCK_DGRAM)
+        tsock = bind_socket(self.host, self.port, socket.SOCK_STREAM)
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.responder, usock), sock=usock)
+        self._tcp = await loop.create_server(
+            lambda: TcpProtocol(self.responder, self.conns, self.tcp_idle_s), sock=tsock
+        )
+
+    async def stop(self) -> None:
+        """Stop listening and drop open connections."""
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            self.conns.close_all()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
