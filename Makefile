@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo test clean
+.PHONY: install run demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ demo: $(STAMP)
 # pytest exits 5 when it collects no tests: that is not a failure of the suite.
 test: $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Benchmarks print figures (never asserted): the edge beside gdnsd, publish->serve latency, snapshots.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+bench: $(STAMP)
+	@command -v dnsperf >/dev/null && { command -v gdnsd >/dev/null || test -x /usr/sbin/gdnsd; } || \
+	  $(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf gdnsd'
+	$(PY) -m tests.bench.run $(BENCH)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .hypothesis

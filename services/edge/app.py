@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -82,12 +83,13 @@ async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[
             await feed.start()
             return True
 
+        started = time.monotonic()
         if not await _retry("answers_subscribe", subscribe, stop):
             return
         stack.push_async_callback(feed.stop)
         if not await feed.wait_loaded(stop):
             return
-        log.info("snapshot_loaded", domains=len(table))
+        log.info("snapshot_loaded", domains=len(table), seconds=round(time.monotonic() - started, 3))
         listener = DnsListener(Responder(table), host, port)
         await listener.start()
         stack.push_async_callback(listener.stop)

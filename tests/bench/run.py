@@ -1,0 +1,132 @@
+"""`make bench`: the edge beside gdnsd, publish-to-serve latency, and a 100,000-domain snapshot.
+
+Prints figures; asserts nothing. One run on one machine: compare within a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+import sys
+import time
+
+import dns.message
+import nats
+
+from shared import subjects
+from shared.messages import encoder
+from tests.bench import gdnsd
+from tests.bench.common import BENCH_NAME, Lab, answer, dnsperf, publish, rss_mb
+from tests.support import HttpBackend
+
+SECONDS = 10
+
+
+def line(label: str, value: str) -> None:
+    print(f"  {label:<44} {value}", flush=True)
+
+
+def bench_qps() -> None:
+    print("\n== DNS queries/s: one edge process vs gdnsd (dnsperf -c 4, loopback, 1 run each)")
+    backend = HttpBackend(host="127.0.0.2").start()
+    try:
+        with Lab() as lab:
+            asyncio.run(publish(lab.nats.url, [answer(BENCH_NAME, ["127.0.0.2"])]))
+            svc, port = lab.edge()
+            edge = dnsperf(port, [BENCH_NAME], seconds=SECONDS)
+            line("gtm edge", _fmt(edge))
+            at80 = dnsperf(port, [BENCH_NAME], seconds=SECONDS, max_qps=int(edge["qps"] * 0.8))
+            line("gtm edge at 80% of its max", _fmt(at80))
+            line("gtm edge RSS after load", f"{rss_mb(svc.proc.pid):.1f} MB")
+        if not gdnsd.available():
+            line("gdnsd", "not installed (apt-get install gdnsd dnsperf)")
+            return
+        with gdnsd.Gdnsd(check_port=backend.port, primary="127.0.0.2", secondary="127.0.0.3") as g:
+            ref = dnsperf(g.port, [BENCH_NAME], seconds=SECONDS)
+            line("gdnsd 3 simplefo + http_status", _fmt(ref))
+        line("ratio gtm / gdnsd", f"{edge['qps'] / ref['qps']:.2f}")
+    finally:
+        backend.stop()
+
+
+def _fmt(r: dict[str, float]) -> str:
+    return (
+        f"{r['qps']:>9,.0f} q/s  lost {r['lost']:.0f} ({r['loss_pct']:.2f}%)  "
+        f"latency avg {r['avg_ms']:.3f} ms, max {r['max_ms']:.2f} ms"
+    )
+
+
+def _ip_bytes(i: int) -> tuple[str, bytes]:
+    ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+    return ip, socket.inet_aton(ip)
+
+
+async def _publish_to_serve(url: str, ports: list[int], rounds: int) -> list[float]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    query = dns.message.make_query(BENCH_NAME, "A").to_wire()
+    socks = []
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(("127.0.0.1", port))
+        s.settimeout(0.2)
+        socks.append(s)
+    samples = []
+    for i in range(1, rounds + 1):
+        ip, raw = _ip_bytes(i)
+        start = time.perf_counter()
+        await js.publish(subjects.answers(BENCH_NAME), encoder.encode(answer(BENCH_NAME, [ip])))
+        pending = set(range(len(socks)))
+        while pending:
+            for k in list(pending):
+                socks[k].send(query)
+                if socks[k].recv(512).endswith(raw):
+                    pending.discard(k)
+            if time.perf_counter() - start > 5:
+                raise RuntimeError("an edge did not serve a new answer within 5 s")
+        samples.append((time.perf_counter() - start) * 1000)
+        await asyncio.sleep(0.01)
+    for s in socks:
+        s.close()
+    await nc.close()
+    return samples
+
+
+def bench_publish_latency(rounds: int = 300) -> None:
+    print(f"\n== publish -> all 4 edges serving the new answer ({rounds} publishes)")
+    with Lab() as lab:
+        asyncio.run(publish(lab.nats.url, [answer(BENCH_NAME, ["10.0.0.0"])]))
+        ports = [lab.edge()[1] for _ in range(4)]
+        samples = sorted(asyncio.run(_publish_to_serve(lab.nats.url, ports, rounds)))
+    p = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))]  # noqa: E731
+    line("p50 / p90 / p99 / max", f"{p(0.5):.2f} / {p(0.9):.2f} / {p(0.99):.2f} / {samples[-1]:.2f} ms")
+    line("mean", f"{statistics.mean(samples):.2f} ms")
+
+
+def bench_snapshot(domains: int = 100_000) -> None:
+    print(f"\n== snapshot of {domains:,} domains")
+    with Lab() as lab:
+        sets = [answer(f"d{i}.bench.example.com", [_ip_bytes(i)[0]]) for i in range(domains)]
+        t0 = time.perf_counter()
+        asyncio.run(publish(lab.nats.url, sets))
+        line("published to the ANSWERS stream in", f"{time.perf_counter() - t0:.2f} s")
+        t0 = time.perf_counter()
+        svc, port = lab.edge(timeout=120)
+        ready_s = time.perf_counter() - t0
+        loaded = svc.wait_for_event("snapshot_loaded")
+        line("edge: subscribe -> snapshot loaded", f"{loaded['seconds']:.2f} s ({loaded['domains']:,} domains)")
+        line("edge: process start -> serving", f"{ready_s:.2f} s")
+        line("edge RSS", f"{rss_mb(svc.proc.pid):.1f} MB")
+
+
+def main() -> None:
+    """Run the benchmarks named on the command line (default: all of them)."""
+    which = sys.argv[1:] or ["qps", "publish", "snapshot"]
+    print(f"GTM benchmarks, {time.strftime('%Y-%m-%d %H:%M:%S')}, {len(__import__('os').sched_getaffinity(0))} CPUs")
+    for name in which:
+        {"qps": bench_qps, "publish": bench_publish_latency, "snapshot": bench_snapshot}[name]()
+
+
+if __name__ == "__main__":
+    main()
