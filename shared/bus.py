@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 import time
 from typing import Any
@@ -86,6 +88,21 @@ async def connect(settings: NatsSettings, **kwargs: Any) -> Client:
         opts["tls"] = ctx
     opts.update(kwargs)
     return await nats.connect(**opts)
+
+
+async def close(nc: Client, *, timeout_s: float = 2.0) -> None:
+    """Drain ``nc``; if that cannot finish (NATS gone), close it. Never raises."""
+    if nc.is_closed:
+        return
+    try:
+        if nc.is_connected:
+            await asyncio.wait_for(nc.drain(), timeout_s)
+    except Exception as exc:  # noqa: BLE001 - closing anyway
+        log.debug("nats_drain_failed", error=repr(exc))
+    finally:
+        if not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await nc.close()
 
 
 async def ensure_streams(js: JetStreamContext) -> None:

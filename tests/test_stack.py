@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import dns.rcode
+import pytest
 
 from services.stack.plan import build_plan
 from tests.support import ROOT, dns_query, free_port, wait_until
@@ -41,7 +42,10 @@ def _events(path: Path) -> list[dict]:
     return out
 
 
-def test_stack_starts_everything_answers_dns_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "how", ["sigterm_to_stack", "ctrl_c_to_process_group"], ids=["SIGTERM", "Ctrl-C"]
+)
+def test_stack_starts_everything_answers_dns_and_stops_cleanly(tmp_path: Path, how: str) -> None:
     edges = [free_port(), free_port()]
     api = free_port()
     env = {
@@ -55,7 +59,12 @@ def test_stack_starts_everything_answers_dns_and_stops_cleanly_on_sigterm(tmp_pa
     log = tmp_path / "stack.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.stack"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "services.stack"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             ready = wait_until(
@@ -68,8 +77,12 @@ def test_stack_starts_everything_answers_dns_and_stops_cleanly_on_sigterm(tmp_pa
                 assert dns_query(port, "nothing.example.com").rcode() == dns.rcode.REFUSED
             assert (tmp_path / "data" / "nats").is_dir()
         finally:
-            proc.send_signal(signal.SIGTERM)
+            if how == "sigterm_to_stack":
+                proc.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(proc.pid, signal.SIGINT)
             code = proc.wait(30)
     assert code == 0, log.read_text()[-3000:]
-    stopped = {e.get("process") for e in _events(log) if e.get("event") == "process_stopped"}
-    assert stopped == {"nats", "config", "scheduler", "prober", "edge1", "edge2"}
+    stopped = {e["process"]: e["code"] for e in _events(log) if e.get("event") == "process_stopped"}
+    assert stopped == dict.fromkeys(["nats", "config", "scheduler", "prober", "edge1", "edge2"], 0)
+    assert "Traceback" not in log.read_text()

@@ -70,16 +70,8 @@ class Backend:
         """Drain the NATS connection (close it if draining does not finish quickly)."""
         nc, self.nc = self.nc, None
         self.ready.clear()
-        if nc is None or nc.is_closed:
-            return
-        try:
-            if nc.is_connected:
-                await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - closing anyway
-            log.warning("nats_drain_failed", error=repr(exc))
-        finally:
-            if not nc.is_closed:
-                await nc.close()
+        if nc is not None:
+            await bus.close(nc, timeout_s=DRAIN_TIMEOUT_S)
 
     @property
     def connected(self) -> bool:

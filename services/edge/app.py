@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
-from nats.aio.client import Client
 
 from services.edge.feed import AnswerFeed
 from services.edge.responder import Responder
@@ -22,7 +21,6 @@ log = structlog.get_logger(__name__)
 
 DNS_PORT = 53
 RETRY_S = 1.0
-DRAIN_TIMEOUT_S = 2.0
 
 T = TypeVar("T")
 
@@ -53,14 +51,6 @@ async def _retry(what: str, make: Callable[[], Awaitable[T]], stop: asyncio.Even
     return None
 
 
-async def _close(nc: Client) -> None:
-    try:
-        await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S)
-    except Exception:  # noqa: BLE001 - NATS may be away at shutdown
-        with contextlib.suppress(Exception):
-            await nc.close()
-
-
 def _log_ready(listen: str) -> None:
     log.info("service_ready", listen=listen)
 
@@ -73,7 +63,7 @@ async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[
         nc = await _retry("nats_connect", lambda: bus.connect(settings.nats), stop)
         if nc is None:
             return
-        stack.push_async_callback(_close, nc)
+        stack.push_async_callback(bus.close, nc)
         js = nc.jetstream()
         feed = AnswerFeed(js, table)
 

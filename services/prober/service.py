@@ -181,7 +181,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     """Run the prober until ``stop`` is set."""
     async with contextlib.AsyncExitStack() as stack:
         nc = await bus.connect(settings.nats)
-        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(bus.close, nc)
         js = nc.jetstream()
         await bus.ensure_streams(js)
         kv = await bus.config_bucket(js)

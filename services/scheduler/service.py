@@ -191,7 +191,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     """The scheduler process: load, decide, publish, until ``stop`` is set."""
     async with contextlib.AsyncExitStack() as stack:
         nc: Client = await bus.connect(settings.nats)
-        stack.push_async_callback(_drain, nc)
+        stack.push_async_callback(bus.close, nc)
         js = nc.jetstream()
         await bus.ensure_streams(js)
         kv = await bus.config_bucket(js)
@@ -213,13 +213,6 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             tg.create_task(scheduler.tick(settings.scheduler_tick_s, stop))
             await stop.wait()
             watch.cancel()
-
-
-async def _drain(nc: Client) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.drain(), 2)
-    if not nc.is_closed:
-        await nc.close()
 
 
 async def _stop_watcher(watcher: KeyValue.KeyWatcher) -> None:

@@ -16,10 +16,13 @@ from services.stack.plan import Plan, Proc
 log = structlog.get_logger(__name__)
 
 STOP_GRACE_S = 10.0
+SELF_EXIT_S = 0.5
 
 
-async def _spawn(proc: Proc) -> asyncio.subprocess.Process:
-    child = await asyncio.create_subprocess_exec(*proc.argv, env=proc.env or None)
+async def _spawn(proc: Proc, *, own_session: bool = False) -> asyncio.subprocess.Process:
+    child = await asyncio.create_subprocess_exec(
+        *proc.argv, env=proc.env or None, start_new_session=own_session
+    )
     log.info("process_started", process=proc.name, pid=child.pid)
     return child
 
@@ -76,18 +79,30 @@ async def _wait_ready(plan: Plan, started: float, timeout_s: float = 60.0) -> bo
     return False
 
 
-async def _terminate(children: list[tuple[str, asyncio.subprocess.Process]]) -> None:
-    for name, child in reversed(children):
+async def _stop_group(group: list[tuple[str, asyncio.subprocess.Process]]) -> None:
+    """Stop processes together: let those already signalled exit, SIGTERM the rest, then SIGKILL."""
+    alive = [(n, c) for n, c in group if c.returncode is None]
+    if alive:
+        # A Ctrl-C reaches the whole process group: most children are already stopping.
+        await asyncio.wait([asyncio.ensure_future(c.wait()) for _, c in alive], timeout=SELF_EXIT_S)
+    for _, child in alive:
         if child.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(child.wait(), STOP_GRACE_S)
-            except TimeoutError:
-                log.warning("process_killed", process=name)
-                child.kill()
-                await child.wait()
+    for name, child in group:
+        try:
+            await asyncio.wait_for(child.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning("process_killed", process=name)
+            child.kill()
+            await child.wait()
         log.info("process_stopped", process=name, code=child.returncode)
+
+
+async def _terminate(children: list[tuple[str, asyncio.subprocess.Process]]) -> None:
+    """Stop the services first, NATS last, so the services can drain."""
+    await _stop_group([(n, c) for n, c in children if n != "nats"])
+    await _stop_group([(n, c) for n, c in children if n == "nats"])
 
 
 async def supervise(plan: Plan, stop: asyncio.Event) -> int:
@@ -97,7 +112,9 @@ async def supervise(plan: Plan, stop: asyncio.Event) -> int:
     code = 0
     try:
         if plan.nats is not None:
-            children.append(("nats", await _spawn(plan.nats)))
+            # NATS stays out of the terminal's process group: a Ctrl-C or a signal to
+            # the group must not kill it before the services have drained.
+            children.append(("nats", await _spawn(plan.nats, own_session=True)))
             url = urlparse(plan.nats_url)
             if not await _tcp_open(url.hostname or "127.0.0.1", url.port or 4222, 15):
                 log.error("nats_not_listening", url=plan.nats_url, hint="is port 4222 already in use?")
