@@ -41,6 +41,10 @@ class AddressState(_Message, tag="address_state.v1", kw_only=True, frozen=True):
     # region -> "up" | "down" | "unknown", after the per-vantage thresholds
     regions: dict[str, str] = msgspec.field(default_factory=dict)
     reason: str = ""  # why it is unavailable, e.g. "http connection refused"
+    # which anti-flap threshold it waits on, e.g. "failures 1/3" or "successes 0/2" ("" = none)
+    waiting: str = ""
+    warming: bool = False  # checked but no result yet and its first interval not over
+    region: str = ""  # for address-level source_nearest
 
 
 class PoolState(_Message, tag="pool_state.v1", kw_only=True, frozen=True):
@@ -50,6 +54,8 @@ class PoolState(_Message, tag="pool_state.v1", kw_only=True, frozen=True):
     available: bool
     addresses: list[AddressState] = msgspec.field(default_factory=list)
     current: str | None = None  # address held by a non-preemptive sequence
+    warming: bool = False
+    region: str = ""
     at: float = 0.0
 
 
@@ -65,13 +71,19 @@ class AnswerGroup(_Message, tag="answer_group.v1", kw_only=True, frozen=True):
     weight: int = 1
     rotate: bool = False
     record_weights: list[int] = msgspec.field(default_factory=list)
+    region: str = ""  # the pool's region, for select == "nearest"
+    # per record region (same length as records) for address-level source_nearest:
+    # serve the records of the client's region when there are any, else all
+    record_regions: list[str] = msgspec.field(default_factory=list)
 
 
 class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
     """The compiled answer of one domain, on ``answers.publish.<domain>``.
 
-    With several groups an edge picks one group per query by group weight.
-    ``deleted`` is a tombstone: the edge forgets the name.
+    With several groups an edge picks one group per query: by group weight when
+    ``select`` is "weight"; when it is "nearest", the group whose region is the
+    client's (ECS subnet, else resolver address, mapped by the topology table),
+    else the first group. ``deleted`` is a tombstone: the edge forgets the name.
     """
 
     domain: str
@@ -83,6 +95,7 @@ class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
     records: list[str] = msgspec.field(default_factory=list)  # all records served
     fallback: bool = False
     deleted: bool = False
+    select: str = "weight"  # "weight" | "nearest"
     config_revision: int = 0
     published_at: float = 0.0
 
@@ -113,6 +126,16 @@ class OperationEvent(_Message, tag="operation_event.v1", kw_only=True, frozen=Tr
     message: str = ""
 
 
+class ProberHeartbeat(_Message, tag="prober_heartbeat.v1", kw_only=True, frozen=True):
+    """A prober replica announcing itself on ``prober.members.<region>``."""
+
+    region: str
+    prober: str
+    at: float
+    interval_s: float = 1.0
+    stopping: bool = False
+
+
 Event = SwitchEvent | OperationEvent
 
 encoder = msgspec.json.Encoder()
@@ -120,3 +143,4 @@ probe_result_decoder = msgspec.json.Decoder(ProbeResult)
 pool_state_decoder = msgspec.json.Decoder(PoolState)
 answer_set_decoder = msgspec.json.Decoder(AnswerSet)
 event_decoder = msgspec.json.Decoder(Event)
+heartbeat_decoder = msgspec.json.Decoder(ProberHeartbeat)

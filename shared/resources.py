@@ -67,6 +67,10 @@ class HealthCheck(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     failures: OneToTen = 2
     successes: OneToTen = 1
     failure_rate: Percent = 50
+    verify_tls: bool = False  # https: verify the certificate against `host` (or the address)
+    body_match: Annotated[str, Meta(max_length=1024)] = ""  # ok only if the body contains this
+    template: str = ""  # the health template this check was resolved from ("" = none)
+    overrides: list[str] = msgspec.field(default_factory=list)  # fields set on the address itself
 
     @property
     def effective_port(self) -> int | None:
@@ -84,6 +88,7 @@ class Address(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
     weight: OneToHundred = 1
     sequence: OneToHundred = 1
     health_check: HealthCheck | None = None
+    region: Annotated[str, Meta(max_length=64)] = ""  # for address-level source_nearest
     remarks: Remarks = ""
 
 
@@ -96,6 +101,7 @@ class Pool(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
     health_condition: HealthCondition = "any_ok"
     lb_strategy: PoolStrategy = "round_robin"
     sequence_mode: SequenceMode = "preemptive"
+    region: Annotated[str, Meta(max_length=64)] = ""  # for domain-level source_nearest
     remarks: Remarks = ""
     addresses: list[Address] = msgspec.field(default_factory=list)
     revision: int | None = None
@@ -120,6 +126,34 @@ class Domain(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
     pools: list[PoolRef] = msgspec.field(default_factory=list)
     lb_strategy: DomainStrategy = "sequence"
     sequence_mode: SequenceMode = "preemptive"
+    revision: int | None = None
+
+
+class TopologyEntry(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Clients in ``cidr`` are nearest to ``region``."""
+
+    cidr: Annotated[str, Meta(min_length=1, max_length=64)]
+    region: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class Topology(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The client-subnet to region table used by ``source_nearest``."""
+
+    entries: list[TopologyEntry] = msgspec.field(default_factory=list)
+    revision: int | None = None
+
+
+AlertKind = Literal["address", "pool", "domain"]
+
+
+class AlertTarget(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A webhook that receives a JSON POST for every switch of the kinds it asks for."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    name: Name | None = None
+    enabled: bool = True
+    kinds: list[AlertKind] = msgspec.field(default_factory=lambda: ["address", "pool", "domain"])
+    remarks: Remarks = ""
     revision: int | None = None
 
 

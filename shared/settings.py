@@ -42,6 +42,10 @@ class Settings(Struct, kw_only=True, frozen=True):
     prober_id: str = ""
     prober_concurrency: int = 256
     scheduler_tick_s: float = 0.2
+    scheduler_id: str = ""
+    scheduler_lease_s: float = 2.0  # a standby takes over at most this long after the leader dies
+    edge_zone: str = ""  # when set, the edge is authoritative for it: SOA/NS at the apex, SOA in negatives
+    edge_ns: str = ""  # comma-separated NS names of edge_zone (default ns1.<zone>)
 
 
 def split_host_port(value: str, *, default_port: int) -> tuple[str, int]:
@@ -68,6 +72,7 @@ def from_env(service: str, env: Mapping[str, str] | None = None) -> Settings:
     try:
         workers = int(e.get("GTM_EDGE_WORKERS", "1"))
         concurrency = int(e.get("GTM_PROBER_CONCURRENCY", "256"))
+        lease_s = float(e.get("GTM_SCHEDULER_LEASE_S", "2"))
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     return Settings(
@@ -90,4 +95,8 @@ def from_env(service: str, env: Mapping[str, str] | None = None) -> Settings:
         prober_region=region,
         prober_id=e.get("GTM_PROBER_ID", "") or f"{socket.gethostname()}-{os.getpid()}",
         prober_concurrency=max(1, concurrency),
+        scheduler_id=e.get("GTM_SCHEDULER_ID", "") or f"{socket.gethostname()}-{os.getpid()}",
+        scheduler_lease_s=max(0.5, lease_s),
+        edge_zone=e.get("GTM_EDGE_ZONE", "").strip().rstrip(".").lower(),
+        edge_ns=e.get("GTM_EDGE_NS", ""),
     )

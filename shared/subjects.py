@@ -24,6 +24,11 @@ CONFIG_APPLY = "config.apply"
 
 POOL_PREFIX = "pools."
 DOMAIN_PREFIX = "domains."
+TEMPLATE_PREFIX = "templates."
+ALERT_PREFIX = "alerts."
+TOPOLOGY_KEY = "topology"
+SCHEDULER_LEASE_KEY = "scheduler"
+PROBER_MEMBERS_ALL = "prober.members.>"
 
 _ANSWERS_PREFIX = "answers.publish."
 _POOL_STATE_PREFIX = "pool.state."
@@ -84,10 +89,31 @@ def domain_key(fqdn: str) -> str:
     return f"{DOMAIN_PREFIX}{fqdn}"
 
 
+def template_key(name: str) -> str:
+    """KV key of a health-check template in ``gtm_config``."""
+    return f"{TEMPLATE_PREFIX}{token(name)}"
+
+
+def alert_key(name: str) -> str:
+    """KV key of an alert target in ``gtm_config``."""
+    return f"{ALERT_PREFIX}{token(name)}"
+
+
+def prober_members(region: str) -> str:
+    """Subject on which the probers of ``region`` announce themselves."""
+    return f"prober.members.{region}"
+
+
 def parse_config_key(key: str) -> tuple[str, str]:
     """Split a ``gtm_config`` key into ``("pool" | "domain", name)``."""
     if key.startswith(POOL_PREFIX):
         return "pool", untoken(key[len(POOL_PREFIX) :])
     if key.startswith(DOMAIN_PREFIX):
         return "domain", key[len(DOMAIN_PREFIX) :]
+    if key.startswith(TEMPLATE_PREFIX):
+        return "template", untoken(key[len(TEMPLATE_PREFIX) :])
+    if key.startswith(ALERT_PREFIX):
+        return "alert", untoken(key[len(ALERT_PREFIX) :])
+    if key == TOPOLOGY_KEY:
+        return "topology", ""
     return "", key
