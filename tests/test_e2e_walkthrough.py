@@ -10,16 +10,7 @@ import dns.flags
 import dns.rcode
 import pytest
 
-from tests.support import (
-    Api,
-    HttpBackend,
-    NatsServer,
-    Service,
-    answer_addresses,
-    dns_query,
-    free_port,
-    wait_until,
-)
+from tests.support import HttpBackend, Stack, dns_query, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,51 +19,9 @@ PRIMARY_IP, BACKUP_IP = "127.0.0.2", "127.0.0.3"
 CHECK = {"protocol": "http", "path": "/", "interval_s": 1, "timeout_s": 0.5, "failures": 1, "successes": 1}
 
 
-class Stack:
-    """NATS plus config, scheduler, prober and two edges, restartable as a whole."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.nats = NatsServer(tmp / "nats")
-        self.api_port = free_port()
-        self.edge_ports = [free_port(), free_port()]
-        self.log_dir = tmp / "logs"
-        self.log_dir.mkdir()
-        self.api = Api(f"http://127.0.0.1:{self.api_port}/api/v1")
-        self.procs: list[Service] = []
-
-    def start(self) -> float:
-        """Start everything; return the time at which the edges were ready."""
-        self.nats.start()
-        env = {"NATS_URL": self.nats.url, "GTM_API_LISTEN": f"127.0.0.1:{self.api_port}"}
-        self.procs = [
-            Service("config", env, self.log_dir),
-            Service("scheduler", env, self.log_dir),
-            Service("prober", env, self.log_dir),
-            *(Service("edge", {**env, "GTM_DNS_LISTEN": f"127.0.0.1:{p}"}, self.log_dir) for p in self.edge_ports),
-        ]
-        for proc in self.procs:
-            proc.start()
-        for proc in self.procs:
-            proc.wait_for_event("service_ready", timeout=30)
-        return time.monotonic()
-
-    def stop(self) -> list[int]:
-        codes = [p.stop() for p in reversed(self.procs)]
-        self.nats.stop()
-        return codes
-
-    def answers(self) -> list[list[str]]:
-        return [answer_addresses(dns_query(p, DOMAIN)) for p in self.edge_ports]
-
-    def wait_all_answer(self, ip: str, timeout: float = 10.0) -> float:
-        """Wait until every edge answers exactly ``ip``; return when that happened."""
-        wait_until(lambda: all(a == [ip] for a in self.answers()), timeout=timeout, step=0.01)
-        return time.monotonic()
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
+    s = Stack(tmp_path, domain=DOMAIN)
     try:
         yield s
     finally:

@@ -14,7 +14,7 @@ CONFIG = """options => {{
 }}
 service_types => {{
   web => {{ plugin => http_status, port => {check_port}, url_path => "/", interval => {interval},
-           down_thresh => {down}, ok_thresh => 1, timeout => 1 }}
+           down_thresh => {down}, ok_thresh => 1, up_thresh => 1, timeout => 1 }}
 }}
 plugins => {{
   simplefo => {{
