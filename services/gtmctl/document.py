@@ -1,0 +1,140 @@
+"""The declarative document of ``gtmctl apply`` and the plan that brings the API to it (pure)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from shared import resources
+
+# kind -> (API collection, list key, Struct); applied in this order, pruned in reverse.
+KINDS: dict[str, tuple[str, str, type[msgspec.Struct]]] = {
+    "health_templates": ("health-templates", "templates", resources.HealthCheck),
+    "pools": ("pools", "pools", resources.Pool),
+    "domains": ("domains", "domains", resources.Domain),
+    "alert_targets": ("alert-targets", "alert_targets", resources.AlertTarget),
+}
+SINGLETONS: dict[str, tuple[str, type[msgspec.Struct]]] = {"topology": ("topology", resources.Topology)}
+_META = ("name", "revision")
+
+
+class DocumentError(ValueError):
+    """The document is not a GTM config document."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One step of a plan: ``create``, ``update`` or ``delete`` a resource."""
+
+    action: str
+    kind: str
+    name: str
+    body: dict[str, Any] | None
+    diff: str = ""
+
+
+def load(text: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Parse a YAML or JSON document into ``{kind: {name: body}}`` (singletons under name "")."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise DocumentError(f"not YAML or JSON: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise DocumentError("the document must be a mapping of kinds (pools, domains, ...)")
+    unknown = set(raw) - set(KINDS) - set(SINGLETONS)
+    if unknown:
+        raise DocumentError(f"unknown kinds: {', '.join(sorted(map(str, unknown)))}")
+    doc: dict[str, dict[str, dict[str, Any]]] = {}
+    for kind, value in raw.items():
+        if kind in SINGLETONS:
+            doc[kind] = {"": dict(value or {})}
+        else:
+            doc[kind] = _named(kind, value)
+    return doc
+
+
+def _named(kind: str, value: Any) -> dict[str, dict[str, Any]]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k): dict(v or {}) for k, v in value.items()}
+    if isinstance(value, list):
+        out: dict[str, dict[str, Any]] = {}
+        for i, item in enumerate(value):
+            if not isinstance(item, Mapping) or "name" not in item:
+                raise DocumentError(f"{kind}[{i}] needs a name")
+            body = {k: v for k, v in item.items() if k != "name"}
+            out[str(item["name"])] = body
+        return out
+    raise DocumentError(f"{kind} must be a mapping of name to resource, or a list")
+
+
+def normalize(kind: str, body: Mapping[str, Any]) -> Any:
+    """A body with defaults filled in and metadata dropped, for comparison."""
+    struct = KINDS[kind][2] if kind in KINDS else SINGLETONS[kind][1]
+    clean = {k: v for k, v in body.items() if k not in _META}
+    try:
+        value = msgspec.convert(clean, struct)
+    except msgspec.ValidationError:
+        return clean  # the API will say what is wrong, with the field
+    out = msgspec.to_builtins(value)
+    return _drop_resolved_checks(out)
+
+
+def _drop_resolved_checks(doc: Any) -> Any:
+    """Compare a template-based check by its template and overrides only (the API resolves the rest)."""
+    for addr in doc.get("addresses", []) if isinstance(doc, dict) else []:
+        hc = addr.get("health_check")
+        if isinstance(hc, dict) and hc.get("template"):
+            keep = {"template", *hc.get("overrides", [])}
+            addr["health_check"] = {k: v for k, v in hc.items() if k in keep}
+    return doc
+
+
+def _desired_check_overrides(body: dict[str, Any]) -> dict[str, Any]:
+    """Record, like the API does, which fields a template-based check sets itself."""
+    body = json.loads(json.dumps(body))
+    for addr in body.get("addresses", []) or []:
+        hc = addr.get("health_check") if isinstance(addr, dict) else None
+        if isinstance(hc, dict) and hc.get("template"):
+            hc.setdefault("overrides", sorted(k for k in hc if k not in ("template", "overrides")))
+    return body
+
+
+def plan(
+    desired: Mapping[str, Mapping[str, dict[str, Any]]],
+    current: Mapping[str, Mapping[str, dict[str, Any]]],
+    *,
+    prune: bool = False,
+) -> list[Change]:
+    """The changes that make ``current`` equal ``desired`` (deletes only with ``prune``)."""
+    changes: list[Change] = []
+    for kind in [*KINDS, *SINGLETONS]:
+        for name, body in desired.get(kind, {}).items():
+            have = current.get(kind, {}).get(name)
+            want = normalize(kind, _desired_check_overrides(body))
+            if have is None:
+                changes.append(Change("create", kind, name, body, _diff({}, want)))
+                continue
+            got = normalize(kind, have)
+            if got != want:
+                changes.append(Change("update", kind, name, body, _diff(got, want)))
+    if prune:
+        for kind in reversed(list(KINDS)):
+            for name in current.get(kind, {}):
+                if kind in desired and name not in desired[kind] or kind not in desired:
+                    changes.append(Change("delete", kind, name, None))
+    return changes
+
+
+def _diff(before: Any, after: Any) -> str:
+    a = json.dumps(before, indent=2, sort_keys=True).splitlines()
+    b = json.dumps(after, indent=2, sort_keys=True).splitlines()
+    return "\n".join(difflib.unified_diff(a, b, "current", "desired", lineterm="", n=2))
