@@ -46,6 +46,7 @@ class Settings(Struct, kw_only=True, frozen=True):
     scheduler_lease_s: float = 2.0  # a standby takes over at most this long after the leader dies
     edge_zone: str = ""  # when set, the edge is authoritative for it: SOA/NS at the apex, SOA in negatives
     edge_ns: str = ""  # comma-separated NS names of edge_zone (default ns1.<zone>)
+    metrics_listen: str = ""  # host:port of /metrics, /healthz, /readyz ("" = off; config uses its API port)
 
 
 def split_host_port(value: str, *, default_port: int) -> tuple[str, int]:
@@ -99,4 +100,5 @@ def from_env(service: str, env: Mapping[str, str] | None = None) -> Settings:
         scheduler_lease_s=max(0.5, lease_s),
         edge_zone=e.get("GTM_EDGE_ZONE", "").strip().rstrip(".").lower(),
         edge_ns=e.get("GTM_EDGE_NS", ""),
+        metrics_listen=e.get("GTM_METRICS_LISTEN", ""),
     )
