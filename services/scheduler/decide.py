@@ -60,8 +60,11 @@ def pool_group(
     records = [a.address for a in up]
     if pool.lb_strategy == "weight":
         return AnswerGroup(pool=name, records=records, record_weights=[a.weight for a in up]), None
-    # round_robin; source_nearest answers as round_robin until sources are known
-    return AnswerGroup(pool=name, records=records, rotate=True), None
+    if pool.lb_strategy == "source_nearest":
+        # the edge serves the records of the client's region when there are any, else all
+        regions = [a.region for a in up]
+        return AnswerGroup(pool=name, records=records, rotate=True, record_regions=regions), None
+    return AnswerGroup(pool=name, records=records, rotate=True), None  # round_robin
 
 
 def evaluate_pool(
@@ -86,10 +89,16 @@ def evaluate_pool(
     )
 
 
-def pool_state(view: PoolView, *, at: float) -> PoolState:
-    """The published view of a pool."""
+def pool_state(view: PoolView, *, at: float, current: str | None = None) -> PoolState:
+    """The published view of a pool (``current``: the memory to publish while it warms)."""
     return PoolState(
-        pool=view.name, available=view.available, addresses=view.addresses, current=view.current, at=at
+        pool=view.name,
+        available=view.available,
+        addresses=view.addresses,
+        current=current if view.warming else view.current,
+        warming=view.warming,
+        region=view.pool.region,
+        at=at,
     )
 
 
@@ -127,14 +136,19 @@ def decide_domain(
         return base
     up = [r for r in refs if views[r.pool].available]
     if not up:
-        return _fallback(base, views[refs[0].pool])
+        return _fallback(base, views[refs[0].pool], nearest=domain.lb_strategy == "source_nearest")
     strategy = domain.lb_strategy
     if strategy == "round_robin":
         return _merged(base, [views[r.pool] for r in up])
     if strategy == "weight":
         groups = [_with_weight(views[r.pool].group, r.weight) for r in up]
         return _answer(base, [g for g in groups if g is not None], ",".join(r.pool for r in up))
-    chosen = up[0]  # sequence; source_nearest answers as sequence until sources are known
+    if strategy == "source_nearest":
+        # one group per available pool in sequence order; the edge picks the client's region, else the first
+        groups = [_nearest(views[r.pool].group, views[r.pool]) for r in up]
+        nearest = msgspec.structs.replace(base, select="nearest")
+        return _answer(nearest, [g for g in groups if g is not None], ",".join(r.pool for r in up))
+    chosen = up[0]  # sequence
     if domain.sequence_mode == "non_preemptive" and previous is not None:
         chosen = next((r for r in up if r.pool == previous.pool), chosen)
     group = views[chosen.pool].group
@@ -145,7 +159,13 @@ def _with_weight(group: AnswerGroup | None, weight: int) -> AnswerGroup | None:
     return None if group is None else msgspec.structs.replace(group, weight=weight)
 
 
+def _nearest(group: AnswerGroup | None, view: PoolView) -> AnswerGroup | None:
+    return None if group is None else msgspec.structs.replace(group, region=view.pool.region)
+
+
 def _merged(base: AnswerSet, views: Sequence[PoolView]) -> AnswerSet:
+    # One rotating group of every pool's records: per-record weights or regions of the pools do
+    # not survive the merge (a round-robin domain answers all its available records in turn).
     records: list[str] = []
     for v in views:
         for rec in v.group.records if v.group else []:
@@ -156,9 +176,11 @@ def _merged(base: AnswerSet, views: Sequence[PoolView]) -> AnswerSet:
     return _answer(base, groups, pool)
 
 
-def _fallback(base: AnswerSet, view: PoolView) -> AnswerSet:
+def _fallback(base: AnswerSet, view: PoolView, *, nearest: bool) -> AnswerSet:
     everyone = {a.name for a in enabled_addresses(view.pool)}
     group, _ = pool_group(view.pool, everyone, view.current)
+    if nearest:  # keep the shape of a nearest answer so that failing open changes only the records
+        base, group = msgspec.structs.replace(base, select="nearest"), _nearest(group, view)
     answer = _answer(base, [group] if group else [], view.name)
     return msgspec.structs.replace(answer, fallback=True)
 

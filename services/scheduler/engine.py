@@ -4,6 +4,10 @@ Every entry point takes ``now`` (monotonic seconds, for intervals) and ``at``
 (unix seconds, stamped on messages) and returns an :class:`Outputs` that the
 I/O shell publishes.  Work is incremental: a probe result only recomputes the
 pool and domains of its address, and only when that address's state changed.
+
+An engine that has not started (or was paused: a standby scheduler) keeps
+following config and health but decides nothing; :meth:`Engine.take_over`
+makes it decide, starting from what was last published.
 """
 
 from __future__ import annotations
@@ -18,17 +22,22 @@ from shared.resources import Address, Domain, HealthCheck, Pool
 
 from .decide import PoolView, decide_domain, domain_warming, evaluate_pool, pool_state, same_content
 from .health import (
+    AddressStatus,
     LastResult,
     RegionState,
     address_status,
+    expired_regions,
     is_checked,
     is_settled,
     observe,
     region_states,
+    same_outlook,
+    waiting_on,
 )
 from .switch import detect_switch
 
 _DEFAULT_CHECK = HealthCheck()
+_SWEEP_S = 1.0  # how often regions are checked for expiry (they live for at least 3 intervals)
 
 
 @dataclass
@@ -52,6 +61,20 @@ class _Tracked:
     regions: dict[str, RegionState] = field(default_factory=dict)
     state: AddressState | None = None
     settled: bool = False
+    # Availability when the last region expired.  With no region left the address keeps it
+    # instead of counting as never seen: losing every vantage point (probers restarting, a
+    # partition between probers and scheduler) says nothing about the backend, so neither
+    # sending traffic to a dead address nor failing over from a healthy one is right.
+    held: AddressStatus | None = None
+    check: HealthCheck = _DEFAULT_CHECK  # the address's check (kept in step with ``address``)
+
+    def __post_init__(self) -> None:
+        self.set_address(self.address)
+
+    def set_address(self, address: Address) -> None:
+        """Follow a config change of the address."""
+        self.address = address
+        self.check = address.health_check or _DEFAULT_CHECK
 
 
 class Engine:
@@ -59,7 +82,9 @@ class Engine:
 
     def __init__(self, *, now: float) -> None:
         self.started = False
+        self.config_loaded = False  # addresses of the initial config are timed from start_time
         self.start_time = now
+        self.last_sweep = now
         self.pools: dict[str, Pool] = {}
         self.domains: dict[str, tuple[Domain, int]] = {}
         self.addresses: dict[str, _Tracked] = {}  # by address key
@@ -83,9 +108,34 @@ class Engine:
         self.pool_states[state.pool] = state
         self.current[state.pool] = state.current
 
+    def mark_config_loaded(self) -> None:
+        """The initial config is in: addresses added from now on get their first interval from now."""
+        self.config_loaded = True
+
+    def take_over(
+        self, answers: list[AnswerSet], pool_states: list[PoolState], *, now: float, at: float
+    ) -> Outputs:
+        """Become the deciding engine, continuing from exactly what was last published."""
+        self.answers.clear()
+        self.pool_states.clear()
+        self.current.clear()
+        for answer in answers:
+            self.load_answer(answer)
+        for state in pool_states:
+            self.load_pool_state(state)
+        return self.start(now=now, at=at)
+
+    def pause(self) -> None:
+        """Stop deciding (standby): keep following config and health, publish nothing."""
+        self.started = False
+        self.pending.clear()
+        self.retry_domains.clear()
+        self.retry_pools.clear()
+
     def start(self, *, now: float, at: float) -> Outputs:
         """Decide everything once the initial config and previous answers are loaded."""
         self.started = True
+        self.config_loaded = True
         out = Outputs()
         for name in list(self.pools):
             self._refresh_pool(name, now=now, at=at, out=out, cascade=False)
@@ -119,13 +169,14 @@ class Engine:
         else:
             pool = msgspec.structs.replace(pool, name=name)
             self.pools[name] = pool
-            since = now if self.started else self.start_time
+            since = now if self.config_loaded else self.start_time
             for a in pool.addresses:
                 key = subjects.address_key(name, a.name)
                 tracked = self.addresses.setdefault(key, _Tracked(pool=name, address=a, since=since))
                 if is_checked(a) and not is_checked(tracked.address):
                     tracked.since = since  # newly checked: give its first check one interval
-                tracked.address = a
+                    tracked.held = None
+                tracked.set_address(a)
         if not self.started:
             return out
         if pool is not None:
@@ -165,16 +216,24 @@ class Engine:
         last = LastResult(
             ok=result.ok, error=result.error, protocol=result.protocol, rtt_ms=result.rtt_ms, at=result.at
         )
-        hc = tracked.address.health_check or _DEFAULT_CHECK
-        tracked.regions[result.region] = observe(tracked.regions.get(result.region), last, hc)
-        if self.started and self._refresh_address(result.key, tracked, now=now):
+        prev = tracked.regions.get(result.region)
+        tracked.regions[result.region] = observe(prev, last, tracked.check, seen=now)
+        tracked.held = None
+        if self.started and not same_outlook(prev, last) and self._refresh_address(result.key, tracked, now=now):
             self._refresh_pool(tracked.pool, now=now, at=at, out=out, cascade=True)
         return out
 
     def tick(self, *, now: float, at: float) -> Outputs:
-        """Handle interval deadlines (unknown addresses, warming) and failed publications."""
+        """Handle interval deadlines (unknown addresses, warming), expired regions, failed publications."""
         out = Outputs()
+        expired = self._sweep(now=now)
+        if not self.started:
+            return out
         pools: set[str] = {p for p in self.retry_pools if p in self.pools}
+        for key in expired:
+            tracked = self.addresses.get(key)
+            if tracked is not None and self._refresh_address(key, tracked, now=now):
+                pools.add(tracked.pool)
         for key in list(self.pending):
             tracked = self.addresses.get(key)
             if tracked is None:
@@ -187,6 +246,25 @@ class Engine:
             self._refresh_domain(name, at=at, out=out)
         return out
 
+    def _sweep(self, *, now: float) -> list[str]:
+        """Forget regions that stopped reporting (a dead vantage point must not pin an address)."""
+        if now - self.last_sweep < _SWEEP_S:
+            return []
+        self.last_sweep = now
+        changed = []
+        for key, tracked in self.addresses.items():
+            if not tracked.regions:
+                continue
+            gone = expired_regions(tracked.regions, tracked.check, now=now)
+            if not gone:
+                continue
+            if len(gone) == len(tracked.regions):
+                tracked.held = self._status(tracked, now=now)
+            for region in gone:
+                del tracked.regions[region]
+            changed.append(key)
+        return changed
+
     def publish_failed(self, *, domains: list[str], pools: list[str]) -> None:
         """Publications that did not reach NATS: republish them on the next tick."""
         self.retry_domains.update(domains)
@@ -194,9 +272,15 @@ class Engine:
 
     # -- recomputation ------------------------------------------------------------------
 
+    def _status(self, tracked: _Tracked, *, now: float) -> AddressStatus:
+        return address_status(
+            tracked.address, tracked.regions, now=now, tracked_since=tracked.since, held=tracked.held
+        )
+
     def _refresh_address(self, key: str, tracked: _Tracked, *, now: float) -> bool:
         a = tracked.address
-        status = address_status(a, tracked.regions, now=now, tracked_since=tracked.since)
+        status = self._status(tracked, now=now)
+        settled = is_settled(a, tracked.regions, now=now, tracked_since=tracked.since)
         state = AddressState(
             name=a.name,
             address=a.address,
@@ -205,8 +289,10 @@ class Engine:
             enabled=a.enabled,
             regions=region_states(tracked.regions),
             reason="" if status.available or not a.enabled else status.reason,
+            waiting=waiting_on(a, tracked.regions),
+            warming=not settled,
+            region=a.region,
         )
-        settled = is_settled(a, tracked.regions, now=now, tracked_since=tracked.since)
         if settled:
             self.pending.discard(key)
         else:
@@ -232,12 +318,15 @@ class Engine:
         if not warming:
             self.current[name] = view.current
             self._emit_pool_state(view, at=at, out=out)
+        elif name not in self.pool_states or self.pool_states[name].warming:
+            # a new pool says it is warming; a known one keeps its last view until settled
+            self._emit_pool_state(view, at=at, out=out)
         if cascade and view != old:
             for d in self.domains_by_pool.get(name, set()).copy():
                 self._refresh_domain(d, at=at, out=out)
 
     def _emit_pool_state(self, view: PoolView, *, at: float, out: Outputs) -> None:
-        state = pool_state(view, at=at)
+        state = pool_state(view, at=at, current=self.current.get(view.name))
         old = self.pool_states.get(view.name)
         force = view.name in self.retry_pools
         self.retry_pools.discard(view.name)
@@ -292,3 +381,4 @@ class Engine:
         """Whether a domain's answer is held back until its addresses have been observed."""
         entry = self.domains.get(name)
         return entry is not None and domain_warming(entry[0], self.views)
+

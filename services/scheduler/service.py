@@ -1,11 +1,17 @@
-"""The scheduler's I/O shell: config watch, probe results, ticks, publications over NATS."""
+"""The scheduler's I/O shell: config watch, probe results, ticks, lease, publications over NATS.
+
+Every scheduler follows config, probe results and what is published; only the
+lease holder decides and publishes.  A standby that takes over re-reads the
+last published answers and pool views first, so it continues exactly where
+the previous leader stopped (non-preemptive memory included).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -17,12 +23,19 @@ from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from shared import bus, subjects
-from shared.messages import AnswerSet, PoolState, encoder, pool_state_decoder, probe_result_decoder
-from shared.messages import answer_set_decoder
+from shared.messages import (
+    AnswerSet,
+    PoolState,
+    answer_set_decoder,
+    encoder,
+    pool_state_decoder,
+    probe_result_decoder,
+)
 from shared.resources import domain_decoder, pool_decoder
 from shared.settings import Settings
 
 from .engine import Engine, Outputs
+from .lease import Lease, leases_bucket
 
 log = structlog.get_logger("scheduler")
 
@@ -63,6 +76,7 @@ class Scheduler:
         self.engine = Engine(now=time.monotonic())
         # One step (engine call + its publications) at a time keeps publications in decision order.
         self.lock = asyncio.Lock()
+        self.leader = False
 
     async def load_config(self, watcher: KeyValue.KeyWatcher) -> None:
         """Apply the bucket's initial values, up to the end-of-initial-values marker."""
@@ -71,21 +85,87 @@ class Scheduler:
                 return
             self.apply_entry(entry)
 
-    async def load_previous(self) -> None:
-        """Load the last published answer of every domain and view of every pool."""
-        for answer in await load_last_per_subject(
+    async def read_published(self) -> tuple[list[AnswerSet], list[PoolState]]:
+        """The last published answer of every domain and view of every pool."""
+        answers = await load_last_per_subject(
             self.js, subjects.STREAM_ANSWERS, subjects.ANSWERS_ALL, answer_set_decoder.decode
-        ):
-            self.engine.load_answer(answer)
-        for state in await load_last_per_subject(
+        )
+        states = await load_last_per_subject(
             self.js, subjects.STREAM_POOL_STATE, subjects.POOL_STATE_ALL, pool_state_decoder.decode
-        ):
+        )
+        return answers, states
+
+    async def load_previous(self) -> None:
+        """Follow what is published: load the last answers and pool views (standby)."""
+        answers, states = await self.read_published()
+        for answer in answers:
+            self.engine.load_answer(answer)
+        for state in states:
             self.engine.load_pool_state(state)
 
-    async def start(self) -> None:
-        """Make the first decisions and publish what differs from the loaded ones."""
+    async def become_leader(self, lease: Lease) -> None:
+        """Take over: re-read what was last published, then decide and publish what differs."""
         async with self.lock:
-            await self.publish(self.engine.start(now=time.monotonic(), at=time.time()))
+            answers, states = await self.read_published()
+            out = self.engine.take_over(answers, states, now=time.monotonic(), at=time.time())
+            self.leader = True
+            log.info(
+                "leader_acquired",
+                scheduler_id=lease.holder,
+                previous=lease.previous_holder,
+                revision=lease.revision,
+                answers=len(answers),
+            )
+            await self.publish(out)
+
+    async def step_down(self, lease: Lease) -> None:
+        """Stop deciding and publishing; keep following."""
+        async with self.lock:
+            if self.leader:
+                self.leader = False
+                self.engine.pause()
+                log.warning("leader_lost", scheduler_id=lease.holder, reason=lease.last_error or "released")
+
+    async def keep_lease(self, lease: Lease, stop: asyncio.Event) -> None:
+        """Renew or take the lease for ever; switch between leader and standby as it goes."""
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), lease.next_step_s())
+            if stop.is_set():
+                return
+            try:
+                held = await lease.step()
+                if held and not self.leader:
+                    await self.become_leader(lease)
+                elif not held and self.leader:
+                    await self.step_down(lease)
+            except Exception:  # noqa: BLE001 - never leave a lease held by a scheduler that cannot lead
+                log.exception("lease_step_failed")
+                await lease.release()
+                await self.step_down(lease)
+
+    async def resign(self, lease: Lease) -> None:
+        """On shutdown: stop publishing, then release the lease so that a standby takes over at once."""
+        await self.step_down(lease)
+        await lease.release()
+
+    def on_answer(self, msg: Msg) -> None:
+        """Standby: remember a published answer (the leader's memory, for a takeover)."""
+        if self.leader:
+            return
+        try:
+            self.engine.load_answer(answer_set_decoder.decode(msg.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("bad_answer_set", subject=msg.subject, error=str(exc))
+
+    def on_pool_state(self, msg: Msg) -> None:
+        """Standby: remember a published pool view and its non-preemptive memory."""
+        if self.leader:
+            return
+        try:
+            self.engine.load_pool_state(pool_state_decoder.decode(msg.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("bad_pool_state", subject=msg.subject, error=str(exc))
 
     def apply_entry(self, entry: KeyValue.Entry) -> Outputs:
         """Apply one config bucket entry to the engine."""
@@ -118,8 +198,12 @@ class Scheduler:
             log.warning("bad_probe_result", subject=msg.subject, error=str(exc))
             return
         try:
-            async with self.lock:
-                await self.publish(self.engine.observe(result, now=time.monotonic(), at=time.time()))
+            # The engine step is synchronous, so it needs no lock; only publishing does (the lock
+            # is FIFO, so outputs still go out in decision order).  Most results publish nothing.
+            out = self.engine.observe(result, now=time.monotonic(), at=time.time())
+            if out:
+                async with self.lock:
+                    await self.publish(out)
         except Exception:  # noqa: BLE001 - a callback never dies on one message
             log.exception("probe_result_failed", key=result.key, region=result.region)
 
@@ -188,22 +272,31 @@ def _log_published(m: Any) -> None:
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """The scheduler process: load, decide, publish, until ``stop`` is set."""
+    """The scheduler process: follow, lead when it holds the lease, until ``stop`` is set."""
     async with contextlib.AsyncExitStack() as stack:
         nc: Client = await bus.connect(settings.nats)
         stack.push_async_callback(bus.close, nc)
         js = nc.jetstream()
         await bus.ensure_streams(js)
         kv = await bus.config_bucket(js)
+        lease = Lease(await leases_bucket(js), holder=settings.scheduler_id, lease_s=settings.scheduler_lease_s)
         scheduler = Scheduler(js)
         watcher = await kv.watchall()
         stack.push_async_callback(_stop_watcher, watcher)
         await scheduler.load_config(watcher)
-        await scheduler.load_previous()
+        scheduler.engine.mark_config_loaded()
         await nc.subscribe(subjects.PROBE_RESULT_ALL, cb=scheduler.on_probe_result)
-        await scheduler.start()
+        await nc.subscribe(subjects.ANSWERS_ALL, cb=_sync(scheduler.on_answer))
+        await nc.subscribe(subjects.POOL_STATE_ALL, cb=_sync(scheduler.on_pool_state))
+        stack.push_async_callback(scheduler.resign, lease)
+        if await lease.step():
+            await scheduler.become_leader(lease)
+        else:
+            await scheduler.load_previous()
         log.info(
             "service_ready",
+            role="leader" if scheduler.leader else "standby",
+            scheduler_id=settings.scheduler_id,
             pools=len(scheduler.engine.pools),
             domains=len(scheduler.engine.domains),
             answers=len(scheduler.engine.answers),
@@ -211,8 +304,16 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
             watch = tg.create_task(scheduler.watch_config(watcher))
             tg.create_task(scheduler.tick(settings.scheduler_tick_s, stop))
+            tg.create_task(scheduler.keep_lease(lease, stop))
             await stop.wait()
             watch.cancel()
+
+
+def _sync(handler: Callable[[Msg], None]) -> Callable[[Msg], Awaitable[None]]:
+    async def cb(msg: Msg) -> None:
+        handler(msg)
+
+    return cb
 
 
 async def _stop_watcher(watcher: KeyValue.KeyWatcher) -> None:

@@ -70,6 +70,6 @@ def _has_enabled(view: PoolView) -> bool:
 
 def _outranks(domain: Domain, rank: Mapping[str, int], pool: str, before: list[str]) -> bool:
     """Whether ``pool`` replacing ``before`` looks like a fail-back rather than a config change."""
-    if domain.lb_strategy not in ("sequence", "source_nearest"):
+    if domain.lb_strategy != "sequence":  # the other strategies answer every available pool
         return True
     return all(b in rank and rank[pool] < rank[b] for b in before)

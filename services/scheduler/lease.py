@@ -1,0 +1,158 @@
+"""Leader election: one active scheduler through a revision-checked key in KV ``gtm_leases``.
+
+The holder rewrites the key every ``lease_s / 3`` with ``update(last=revision)``.
+A standby polls the key and takes it over, again with ``update(last=revision)``
+so that only one standby wins, once the revision it sees has not moved for
+``lease_s`` of its own monotonic clock: no clock is compared across machines.
+A holder that cannot renew gives up before a standby may take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+from msgspec import Struct
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared import subjects
+
+# A holder stops deciding once this share of the lease has passed since its last renewal was sent.
+HOLDER_MARGIN = 0.75
+
+
+class LeaseValue(Struct, kw_only=True, frozen=True):
+    """What the lease key holds: who leads (``at``, unix seconds, is for humans only)."""
+
+    holder: str
+    at: float
+    lease_s: float
+
+
+_decoder = msgspec.json.Decoder(LeaseValue)
+
+
+class StaleWatch:
+    """A standby's view of the key: how long its revision has stood still (pure, no I/O)."""
+
+    def __init__(self) -> None:
+        self.revision: int | None = None
+        self.since = 0.0
+
+    def see(self, revision: int, now: float) -> float:
+        """Record the revision seen at ``now``; return for how long it has not changed."""
+        if revision != self.revision:
+            self.revision, self.since = revision, now
+        return now - self.since
+
+
+async def leases_bucket(js: JetStreamContext) -> KeyValue:
+    """The ``gtm_leases`` KV bucket, created if missing."""
+    try:
+        return await js.key_value(subjects.LEASES_BUCKET)
+    except (NotFoundError, BadRequestError):
+        return await js.create_key_value(
+            KeyValueConfig(bucket=subjects.LEASES_BUCKET, history=1, storage=StorageType.FILE)
+        )
+
+
+class Lease:
+    """The scheduler lease as seen by one scheduler."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        *,
+        holder: str,
+        lease_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kv = kv
+        self.holder = holder
+        self.lease_s = lease_s
+        self.clock = clock
+        self.held = False
+        self.revision = 0  # our revision of the key while held
+        self.renewed_at = 0.0  # when the last successful renewal was sent
+        self.watch = StaleWatch()
+        self.last_error = ""
+        self.previous_holder = ""  # who held the lease before we took it ("" = nobody)
+
+    def next_step_s(self) -> float:
+        """How long to wait before the next :meth:`step`."""
+        if not self.held:
+            return max(0.02, self.lease_s / 20)
+        deadline = self.renewed_at + self.lease_s * HOLDER_MARGIN
+        return max(0.0, min(self.lease_s / 3, deadline - self.clock()))
+
+    async def step(self) -> bool:
+        """Renew the lease while held, else take over a missing or stale one; return whether held."""
+        if self.held:
+            await self._renew()
+        else:
+            await self._try_take()
+        return self.held
+
+    async def _renew(self) -> None:
+        sent = self.clock()
+        deadline = self.renewed_at + self.lease_s * HOLDER_MARGIN
+        try:
+            self.revision = await asyncio.wait_for(
+                self.kv.update(subjects.SCHEDULER_LEASE_KEY, self._value(), last=self.revision),
+                max(0.05, deadline - sent),
+            )
+            self.renewed_at = sent
+        except KeyWrongLastSequenceError:
+            self.held, self.last_error = False, "taken over"
+        except (NatsError, TimeoutError) as exc:
+            self.last_error = repr(exc)
+            if self.clock() >= deadline:
+                self.held = False
+
+    async def _try_take(self) -> None:
+        now = self.clock()
+        try:
+            entry = await self.kv.get(subjects.SCHEDULER_LEASE_KEY)
+        except KeyNotFoundError as err:  # never written, or released (deleted)
+            last, self.previous_holder = (err.entry.revision or 0) if err.entry is not None else 0, ""
+        except (NatsError, TimeoutError) as exc:
+            self.last_error = repr(exc)
+            return
+        else:
+            if self.watch.see(entry.revision or 0, now) < self.lease_s:
+                return
+            last, self.previous_holder = entry.revision or 0, _holder(entry.value or b"")
+        try:
+            self.revision = await self.kv.update(subjects.SCHEDULER_LEASE_KEY, self._value(), last=last)
+        except KeyWrongLastSequenceError:
+            return  # another scheduler was faster
+        except (NatsError, TimeoutError) as exc:
+            self.last_error = repr(exc)
+            return
+        self.held, self.renewed_at, self.last_error = True, now, ""
+
+    async def release(self) -> None:
+        """Give the lease up (on shutdown) so that a standby takes over at once."""
+        if not self.held:
+            return
+        self.held = False
+        try:
+            await asyncio.wait_for(self.kv.delete(subjects.SCHEDULER_LEASE_KEY, last=self.revision), 1.0)
+        except (NatsError, TimeoutError, KeyWrongLastSequenceError) as exc:
+            self.last_error = repr(exc)
+
+    def _value(self) -> bytes:
+        return msgspec.json.encode(LeaseValue(holder=self.holder, at=time.time(), lease_s=self.lease_s))
+
+
+def _holder(value: bytes) -> str:
+    try:
+        return _decoder.decode(value).holder
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
