@@ -51,14 +51,15 @@ STREAMS = (
 async def connect(settings: NatsSettings, **kwargs: Any) -> Client:
     """Connect to NATS and keep reconnecting for ever."""
 
-    last_error = ["", 0.0]
+    last_error: dict[str, float] = {}
 
     async def on_error(exc: Exception) -> None:
         # While NATS is down the client fails every reconnect: say so once per message and minute.
-        now = time.monotonic()
-        if str(exc) != last_error[0] or now - float(last_error[1]) > 60:
-            log.warning("nats_error", error=str(exc))
-            last_error[:] = [str(exc), now]
+        now, text = time.monotonic(), str(exc)
+        if now - last_error.get(text, -1e9) > 60:
+            log.warning("nats_error", error=text)
+            last_error.clear()
+            last_error[text] = now
 
     async def on_disconnect() -> None:
         log.warning("nats_disconnected")
