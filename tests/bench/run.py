@@ -6,10 +6,13 @@ Prints figures; asserts nothing. One run on one machine: compare within a run.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import os
 import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import dns.message
 import nats
@@ -120,12 +123,29 @@ def bench_snapshot(domains: int = 100_000) -> None:
         line("edge RSS", f"{rss_mb(svc.proc.pid):.1f} MB")
 
 
+def _later(module: str, func: str) -> Callable[[], None]:
+    def run() -> None:
+        getattr(importlib.import_module(module), func)()
+
+    return run
+
+
+BENCHES: dict[str, Callable[[], None]] = {
+    "qps": bench_qps,
+    "publish": bench_publish_latency,
+    "snapshot": bench_snapshot,
+    "failover": _later("tests.bench.failover", "bench_failover"),
+    "prober": _later("tests.bench.prober", "bench_prober"),
+    "scheduler": _later("tests.bench.scheduler", "bench_scheduler"),
+}
+
+
 def main() -> None:
     """Run the benchmarks named on the command line (default: all of them)."""
-    which = sys.argv[1:] or ["qps", "publish", "snapshot"]
-    print(f"GTM benchmarks, {time.strftime('%Y-%m-%d %H:%M:%S')}, {len(__import__('os').sched_getaffinity(0))} CPUs")
+    which = sys.argv[1:] or list(BENCHES)
+    print(f"GTM benchmarks, {time.strftime('%Y-%m-%d %H:%M:%S')}, {len(os.sched_getaffinity(0))} CPUs")
     for name in which:
-        {"qps": bench_qps, "publish": bench_publish_latency, "snapshot": bench_snapshot}[name]()
+        BENCHES[name]()
 
 
 if __name__ == "__main__":
