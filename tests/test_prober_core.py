@@ -15,13 +15,17 @@ from hypothesis import strategies as st
 
 from services.prober.core import (
     FIRST_RUN_WINDOW_S,
+    TAKEOVER_WINDOW_S,
     Target,
+    body_matches,
     check_url,
     code_matches,
     derive_targets,
     diff_targets,
     first_delay,
+    lag_summary,
     next_due,
+    probed_check,
     transition_event,
 )
 from services.prober.errors import classify_error, short_text
@@ -118,7 +122,68 @@ def test_unrelated_address_field_change_does_not_restart_the_check() -> None:
     assert diff_targets(before, after).empty
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        pytest.param({}, {"template": "web"}, id="template-named"),
+        pytest.param({"template": "web"}, {"template": "web2"}, id="template-renamed"),
+        pytest.param({"template": "web"}, {"template": "web", "overrides": ["port"]}, id="overrides-listed"),
+        pytest.param({"overrides": ["port", "path"]}, {}, id="overrides-dropped"),
+    ],
+)
+def test_informational_template_fields_do_not_restart_the_check(
+    before: dict[str, object], after: dict[str, object]
+) -> None:
+    def targets(extra: dict[str, object]) -> dict[str, Target]:
+        check = msgspec.structs.replace(HC, **extra)
+        return derive_targets({"p": _pool(Address(name="a", address="192.0.2.1", health_check=check))})
+
+    assert diff_targets(targets(before), targets(after)).empty
+
+
+def test_a_real_field_change_beside_a_template_still_restarts() -> None:
+    a = probed_check(msgspec.structs.replace(HC, template="web", overrides=["port"]))
+    b = probed_check(msgspec.structs.replace(HC, template="web", overrides=["port"], port=9))
+    assert a != b
+    assert (a.template, a.overrides) == ("", [])
+    assert probed_check(HC) is HC
+
+
 # --- schedule ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        pytest.param([], {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}, id="no-checks"),
+        pytest.param([0.002], {"p50_ms": 2.0, "p99_ms": 2.0, "max_ms": 2.0}, id="one-check"),
+        pytest.param(
+            [0.001] * 98 + [0.1, 0.3], {"p50_ms": 1.0, "p99_ms": 300.0, "max_ms": 300.0}, id="tail"
+        ),
+        pytest.param(
+            [i / 1000 for i in range(1000)], {"p50_ms": 500.0, "p99_ms": 990.0, "max_ms": 999.0}, id="spread"
+        ),
+        pytest.param([0.3, 0.1, 0.2], {"p50_ms": 200.0, "p99_ms": 300.0, "max_ms": 300.0}, id="unsorted"),
+    ],
+)
+def test_lag_summary_gives_percentiles_in_ms(samples: list[float], expected: dict[str, float]) -> None:
+    assert lag_summary(samples) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle", "ok"),
+    [
+        (b"", b"", True),
+        (b"anything", b"", True),
+        (b"status: healthy", b"healthy", True),
+        (b"status: unhealthy", b"healthy", True),  # a substring, as documented
+        (b"status: down", b"healthy", False),
+        (b"", b"ok", False),
+        ("caf\u00e9".encode(), "\u00e9".encode(), True),
+    ],
+)
+def test_body_matches_is_a_substring_test(body: bytes, needle: bytes, ok: bool) -> None:
+    assert body_matches(body, needle) is ok
 
 
 @pytest.mark.parametrize(
@@ -133,6 +198,11 @@ def test_unrelated_address_field_change_does_not_restart_the_check() -> None:
 )
 def test_first_delay_is_jittered_within_a_short_window(interval: float, draw: float, expected: float) -> None:
     assert first_delay(interval, draw) == pytest.approx(expected)
+
+
+def test_takeovers_use_a_shorter_first_run_window() -> None:
+    assert first_delay(15, 0.999, TAKEOVER_WINDOW_S) == pytest.approx(0.4995)
+    assert TAKEOVER_WINDOW_S < FIRST_RUN_WINDOW_S
 
 
 @given(interval=st.floats(1, 3600), draw=st.floats(0, 1, exclude_max=True))

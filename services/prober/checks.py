@@ -1,23 +1,40 @@
 """The checks themselves: HTTP(S), TCP and ICMP ping against one target.
 
-TLS certificates are NOT verified: targets are usually IP addresses, and a
-health check asks "does it answer?", not "is its certificate valid?".  When the
+TLS certificates are verified only when the check says ``verify_tls``: targets
+are usually IP addresses, and a health check mostly asks "does it answer?".
+When verified, the name checked is ``host`` (else the address itself).  When the
 check has a ``host``, it is sent as the Host header and as the TLS SNI name.
-Redirects are not followed: a 3xx is a status like any other.
+Redirects are not followed: a 3xx is a status like any other.  With
+``body_match`` the first 64 KiB of the body must contain the string.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
+import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import structlog
+import yarl
 
-from services.prober.core import Outcome, Target, check_url, code_matches, status_error
-from services.prober.errors import DNS_ERROR, PING_NOT_PERMITTED, TIMEOUT, classify_error
+from services.prober.core import (
+    Outcome,
+    Target,
+    body_matches,
+    check_url,
+    code_matches,
+    status_error,
+)
+from services.prober.errors import (
+    BODY_MISMATCH,
+    DNS_ERROR,
+    PING_NOT_PERMITTED,
+    TIMEOUT,
+    classify_error,
+)
 
 icmplib: Any
 try:  # optional: ICMP also needs an OS that allows it (see Checker._warn_ping)
@@ -28,6 +45,9 @@ except ImportError:  # pragma: no cover - depends on the installation
 log = structlog.get_logger(__name__)
 
 USER_AGENT = "gtm-prober/0.1"
+BODY_LIMIT = 64 * 1024  # body_match looks at most this far into the body
+
+Probe = Callable[[], Awaitable[Outcome]]
 
 
 def make_session(*, concurrency: int) -> aiohttp.ClientSession:
@@ -47,32 +67,57 @@ def make_session(*, concurrency: int) -> aiohttp.ClientSession:
 
 
 class Checker:
-    """Runs one check of one target and reports an Outcome; never raises (but on cancel)."""
+    """Builds, once per target, a probe that checks it and reports an Outcome.
+
+    A probe never raises (but on cancel): every failure is an Outcome.
+    """
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
+        self._verify_ctx: ssl.SSLContext | None = None  # built on first use: loads the CA store
         self._ping_privileged: bool | None = None  # the ICMP mode that worked last
         self._ping_warned = False
 
     async def check(self, target: Target) -> Outcome:
         """Check ``target`` once with its protocol."""
-        protocol = target.check.protocol
-        try:
-            if protocol in ("http", "https"):
-                return await self._http(target)
-            if protocol == "tcp":
-                return await self._tcp(target)
-            if protocol == "ping":
-                return await self._ping(target)
-            return Outcome(ok=False, error=f"error: unknown protocol {protocol}")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure is a result, not a crash
-            return Outcome(ok=False, error=classify_error(exc))
+        return await self.probe(target)()
 
-    async def _http(self, target: Target) -> Outcome:
+    def probe(self, target: Target) -> Probe:
+        """A reusable coroutine function that checks ``target`` once per call."""
+        protocol = target.check.protocol
+        if protocol in ("http", "https"):
+            run = self._http_probe(target)
+        elif protocol == "tcp":
+            run = self._tcp_probe(target)
+        elif protocol == "ping":
+
+            async def run() -> Outcome:
+                return await self._ping(target)
+
+        else:
+            unknown = Outcome(ok=False, error=f"error: unknown protocol {protocol}")
+
+            async def run() -> Outcome:
+                return unknown
+
+        async def guarded() -> Outcome:
+            try:
+                return await run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is a result, not a crash
+                return Outcome(ok=False, error=classify_error(exc))
+
+        return guarded
+
+    def _verify_context(self) -> ssl.SSLContext:
+        if self._verify_ctx is None:
+            self._verify_ctx = ssl.create_default_context()
+        return self._verify_ctx
+
+    def _http_probe(self, target: Target) -> Callable[[], Awaitable[Outcome]]:
         hc = target.check
-        loop = asyncio.get_running_loop()
+        url = yarl.URL(check_url(target))  # parsed once, not on every check
         kwargs: dict[str, Any] = {
             "timeout": aiohttp.ClientTimeout(total=hc.timeout_s),
             "allow_redirects": False,
@@ -80,32 +125,47 @@ class Checker:
         if hc.host:
             kwargs["headers"] = {"Host": hc.host}
         if hc.protocol == "https":
-            kwargs["ssl"] = False  # no verification, see the module docstring
+            # ssl=False: no verification at all; a context verifies chain and name
+            kwargs["ssl"] = self._verify_context() if hc.verify_tls else False
             if hc.host:
                 kwargs["server_hostname"] = hc.host
-        start = loop.time()
-        async with self._session.get(check_url(target), **kwargs) as resp:
-            rtt_ms = _ms(loop.time() - start)
-            status = resp.status
-        if code_matches(status, hc.expected_codes):
-            return Outcome(ok=True, rtt_ms=rtt_ms)
-        return Outcome(ok=False, rtt_ms=rtt_ms, error=status_error(status))
+        expected = hc.expected_codes
+        needle = hc.body_match.encode()
+        get = self._session.get
 
-    async def _tcp(self, target: Target) -> Outcome:
+        async def run() -> Outcome:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            async with get(url, **kwargs) as resp:
+                rtt_ms = _ms(loop.time() - start)
+                status = resp.status
+                if not code_matches(status, expected):
+                    return Outcome(ok=False, rtt_ms=rtt_ms, error=status_error(status))
+                if needle and not body_matches(await _read_prefix(resp.content, needle), needle):
+                    return Outcome(ok=False, rtt_ms=rtt_ms, error=BODY_MISMATCH)
+            return Outcome(ok=True, rtt_ms=rtt_ms)
+
+        return run
+
+    def _tcp_probe(self, target: Target) -> Callable[[], Awaitable[Outcome]]:
         hc = target.check
         port = hc.effective_port
-        if port is None:
-            return Outcome(ok=False, error="error: no port configured")
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        async with asyncio.timeout(hc.timeout_s):
-            _, writer = await asyncio.open_connection(target.target, port)
-        rtt_ms = _ms(loop.time() - start)
-        writer.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(hc.timeout_s):
-                await writer.wait_closed()
-        return Outcome(ok=True, rtt_ms=rtt_ms)
+        host = target.target
+        timeout_s = hc.timeout_s
+        no_port = Outcome(ok=False, error="error: no port configured")
+
+        async def run() -> Outcome:
+            if port is None:
+                return no_port
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            async with asyncio.timeout(timeout_s):
+                transport, _ = await loop.create_connection(asyncio.Protocol, host, port)
+            rtt_ms = _ms(loop.time() - start)
+            transport.close()  # a FIN, not a RST: polite to the backend's logs
+            return Outcome(ok=True, rtt_ms=rtt_ms)
+
+        return run
 
     async def _ping(self, target: Target) -> Outcome:
         if icmplib is None:
@@ -144,6 +204,19 @@ class Checker:
                 "or give the prober CAP_NET_RAW"
             ),
         )
+
+
+async def _read_prefix(content: aiohttp.StreamReader, needle: bytes) -> bytes:
+    """The body up to BODY_LIMIT bytes, stopping early once ``needle`` is in it."""
+    buf = bytearray()
+    while len(buf) < BODY_LIMIT:
+        chunk = await content.read(BODY_LIMIT - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+        if needle in buf:
+            break
+    return bytes(buf)
 
 
 def _ms(seconds: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import msgspec
 from msgspec import Struct
 
 from shared import subjects
@@ -16,6 +17,8 @@ from shared.resources import HealthCheck, Pool
 # A fresh start (or a changed check) runs its first check within this window,
 # so a new prober reports quickly instead of waiting up to a whole interval.
 FIRST_RUN_WINDOW_S = 1.0
+# Addresses taken over from a replica that died are already late: check them sooner.
+TAKEOVER_WINDOW_S = 0.5
 
 
 class Target(Struct, kw_only=True, frozen=True):
@@ -65,9 +68,16 @@ def derive_targets(pools: Mapping[str, Pool]) -> dict[str, Target]:
                 pool=pool_name,
                 address=addr.name,
                 target=addr.address,
-                check=addr.health_check,
+                check=probed_check(addr.health_check),
             )
     return targets
+
+
+def probed_check(check: HealthCheck) -> HealthCheck:
+    """``check`` without its informational fields, so changing only those restarts nothing."""
+    if not check.template and not check.overrides:
+        return check
+    return msgspec.structs.replace(check, template="", overrides=[])
 
 
 def diff_targets(old: Mapping[str, Target], new: Mapping[str, Target]) -> TargetDiff:
@@ -79,9 +89,9 @@ def diff_targets(old: Mapping[str, Target], new: Mapping[str, Target]) -> Target
     )
 
 
-def first_delay(interval_s: float, draw: float) -> float:
+def first_delay(interval_s: float, draw: float, window_s: float = FIRST_RUN_WINDOW_S) -> float:
     """Delay of a target's first check: ``draw`` in [0, 1) spread over a short window."""
-    return min(max(draw, 0.0), 1.0) * min(interval_s, FIRST_RUN_WINDOW_S)
+    return min(max(draw, 0.0), 1.0) * min(interval_s, window_s)
 
 
 def next_due(due: float, interval_s: float, now: float) -> float:
@@ -95,6 +105,18 @@ def next_due(due: float, interval_s: float, now: float) -> float:
     if nxt >= now:
         return nxt
     return due + interval_s * math.ceil((now - due) / interval_s)
+
+
+def lag_summary(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50 / p99 / max (ms) of how late checks started against their schedule."""
+    if not samples_s:
+        return {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    ordered = sorted(samples_s)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0, 3)
+
+    return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(ordered[-1] * 1000.0, 3)}
 
 
 def code_matches(status: int, expected: Sequence[int | str]) -> bool:
@@ -125,6 +147,11 @@ def transition_event(previous: bool | None, ok: bool) -> str | None:
     if ok and previous is False:
         return "check_recovered"
     return None
+
+
+def body_matches(body: bytes, needle: bytes) -> bool:
+    """True when no match is asked for or ``body`` contains ``needle``."""
+    return not needle or needle in body
 
 
 def check_url(target: Target) -> str:

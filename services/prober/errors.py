@@ -18,6 +18,7 @@ CONNECTION_RESET = "connection reset"
 TLS_ERROR = "tls error"
 DNS_ERROR = "dns error"
 PING_NOT_PERMITTED = "ping not permitted"
+BODY_MISMATCH = "body mismatch"
 
 _MAX_TEXT = 80
 _REFUSED = {errno.ECONNREFUSED}

@@ -1,4 +1,10 @@
-"""The prober's I/O shell: watch the config, run one task per target, publish results."""
+"""The prober's I/O shell: watch the config, run one task per owned target, publish results.
+
+With several probers in one region, each checks only the addresses it owns
+(rendezvous hashing over the live members, see :mod:`services.prober.membership`).
+Every LAG_REPORT_S it logs ``schedule_lag``: how late checks started against
+their schedule (p50/p99/max ms) and how many ran.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +19,21 @@ import structlog
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
+from services.prober import membership
 from services.prober.checks import Checker, make_session
 from services.prober.core import (
+    FIRST_RUN_WINDOW_S,
+    TAKEOVER_WINDOW_S,
     Outcome,
     Target,
     derive_targets,
     diff_targets,
     first_delay,
+    lag_summary,
     next_due,
     transition_event,
 )
+from services.prober.heartbeat import Membership
 from shared import bus, messages, subjects
 from shared.resources import Pool, pool_decoder
 from shared.settings import Settings
@@ -30,6 +41,7 @@ from shared.settings import Settings
 log = structlog.get_logger(__name__)
 
 _DELETE_OPS = ("DEL", "PURGE")
+LAG_REPORT_S = 10.0
 
 
 class Prober:
@@ -42,18 +54,26 @@ class Prober:
         nc: Client,
         checker: Checker,
         tg: asyncio.TaskGroup,
+        members: Membership | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self._settings = settings
         self._nc = nc
         self._checker = checker
         self._tg = tg
+        self._members = members
         self._draw = draw
         self._sem = asyncio.Semaphore(settings.prober_concurrency)
         self._pools: dict[str, Pool] = {}
         self._targets: dict[str, Target] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_ok: dict[str, bool] = {}
+        self._ready = False
+        self._lags: list[float] = []  # seconds late, of the checks started since the last report
+        self._region = settings.prober_region
+        self._id = settings.prober_id
+        if members is not None:
+            members.set_on_change(lambda: self.reconcile(window_s=TAKEOVER_WINDOW_S))
 
     @property
     def targets(self) -> dict[str, Target]:
@@ -69,6 +89,9 @@ class Prober:
                 if entry is None:
                     if not ready:
                         ready = True
+                        if self._members is not None:
+                            await self._members.joined.wait()  # know the peers before probing
+                        self._ready = True
                         self.reconcile()
                         on_ready()
                     continue
@@ -93,9 +116,17 @@ class Prober:
         self._pools[name] = pool
         return True
 
-    def reconcile(self) -> None:
-        """Start, stop and restart only the tasks whose targets changed."""
+    def reconcile(self, window_s: float = FIRST_RUN_WINDOW_S) -> None:
+        """Start, stop and restart only the tasks whose owned targets changed.
+
+        New tasks run their first check within ``window_s`` (jittered).
+        """
+        if not self._ready:
+            return
         new = derive_targets(self._pools)
+        if self._members is not None:
+            mine = membership.owned_by(new, self._members.live, self._members.me)
+            new = {k: t for k, t in new.items() if k in mine}
         diff = diff_targets(self._targets, new)
         if diff.empty:
             return
@@ -106,7 +137,7 @@ class Prober:
             self._cancel(key)
         for key in diff.start + diff.restart:
             target = new[key]
-            delay = first_delay(target.check.interval_s, self._draw())
+            delay = first_delay(target.check.interval_s, self._draw(), window_s)
             self._tasks[key] = self._tg.create_task(self._run(target, delay), name=f"probe {key}")
         self._targets = new
         log.info(
@@ -118,7 +149,8 @@ class Prober:
         )
 
     def stop_all(self) -> None:
-        """Cancel every check task."""
+        """Cancel every check task, and start none from now on."""
+        self._ready = False  # a late config or membership change must not start new tasks
         for key in list(self._tasks):
             self._cancel(key)
         self._targets = {}
@@ -128,22 +160,43 @@ class Prober:
         if task is not None:
             task.cancel()
 
+    async def report_lag(self, every_s: float = LAG_REPORT_S) -> None:
+        """Log ``schedule_lag`` every ``every_s``: how late checks started, and how many."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while True:
+            await asyncio.sleep(every_s)
+            lags, self._lags = self._lags, []
+            now = loop.time()
+            if lags:
+                log.info(
+                    "schedule_lag",
+                    checks=len(lags),
+                    checks_per_s=round(len(lags) / (now - since), 1),
+                    targets=len(self._targets),
+                    **lag_summary(lags),
+                )
+            since = now
+
     async def _run(self, target: Target, delay: float) -> None:
         """Check ``target`` at its first slot, then every interval from the schedule."""
         loop = asyncio.get_running_loop()
         interval = target.check.interval_s
+        probe = self._checker.probe(target)
+        subject = subjects.probe_result(self._region, target.key)
         due = loop.time() + delay
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             async with self._sem:
-                outcome = await self._checker.check(target)
-            await self._publish(target, outcome)
+                self._lags.append(loop.time() - due)
+                outcome = await probe()
+            await self._publish(target, subject, outcome)
             due = next_due(due, interval, loop.time())
 
-    async def _publish(self, target: Target, outcome: Outcome) -> None:
+    async def _publish(self, target: Target, subject: str, outcome: Outcome) -> None:
         result = messages.ProbeResult(
-            region=self._settings.prober_region,
-            prober=self._settings.prober_id,
+            region=self._region,
+            prober=self._id,
             key=target.key,
             pool=target.pool,
             address=target.address,
@@ -154,8 +207,8 @@ class Prober:
             error=outcome.error,
             at=time.time(),
         )
-        self._log_transition(target, outcome)
-        subject = subjects.probe_result(self._settings.prober_region, target.key)
+        if self._last_ok.get(target.key) is not outcome.ok:
+            self._log_transition(target, outcome)
         try:
             await self._nc.publish(subject, messages.encoder.encode(result))
         except Exception as exc:  # noqa: BLE001 - NATS away: the next interval tries again
@@ -187,8 +240,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         kv = await bus.config_bucket(js)
         session = make_session(concurrency=settings.prober_concurrency)
         stack.push_async_callback(session.close)
+        members = Membership(nc=nc, region=settings.prober_region, prober=settings.prober_id)
         async with asyncio.TaskGroup() as tg:
-            prober = Prober(settings=settings, nc=nc, checker=Checker(session), tg=tg)
+            prober = Prober(settings=settings, nc=nc, checker=Checker(session), tg=tg, members=members)
 
             def ready() -> None:
                 log.info(
@@ -196,10 +250,17 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                     region=settings.prober_region,
                     prober=settings.prober_id,
                     targets=len(prober.targets),
+                    members=sorted(members.live),
                 )
 
-            watch = tg.create_task(prober.watch(kv, ready), name="config watch")
+            background = [
+                tg.create_task(members.run(), name="membership"),
+                tg.create_task(prober.watch(kv, ready), name="config watch"),
+                tg.create_task(prober.report_lag(), name="lag report"),
+            ]
             await stop.wait()
             log.info("service_stopping")
-            watch.cancel()
+            for task in background:
+                task.cancel()
             prober.stop_all()
+            await members.leave()
