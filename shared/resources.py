@@ -186,7 +186,8 @@ def _check_address_value(pool_type: str, value: str, field: str) -> str:
     return str(ip)
 
 
-def _check_health(hc: HealthCheck, field: str) -> None:
+def check_health(hc: HealthCheck, field: str) -> None:
+    """Check a health check beyond its types; raise ResourceError naming the field."""
     if hc.timeout_s >= hc.interval_s:
         raise ResourceError("timeout_s must be less than interval_s", f"{field}.timeout_s")
     if hc.protocol == "tcp" and hc.port is None:
@@ -220,7 +221,7 @@ def validate_pool(pool: Pool, name: str) -> Pool:
         seen.add(addr.name)
         value = _check_address_value(pool.type, addr.address, f"{field}.address")
         if addr.health_check is not None:
-            _check_health(addr.health_check, f"{field}.health_check")
+            check_health(addr.health_check, f"{field}.health_check")
         addresses.append(msgspec.structs.replace(addr, address=value))
     return msgspec.structs.replace(pool, name=name, addresses=addresses, revision=None)
 

@@ -82,13 +82,20 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Start the server; if another process took the port meanwhile, move to a new one."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: _tcp_open(self.port), timeout=10)
+        for _ in range(5):
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_until(lambda: _tcp_open(self.port) or self.proc.poll() is not None, timeout=10)
+            time.sleep(0.05)
+            if self.proc.poll() is None:
+                return
+            self.port = free_port()  # the port was taken: never talk to someone else's server
+        raise RuntimeError("nats-server would not start")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -16,7 +16,14 @@ from nats.aio.client import Client as NatsClient
 
 from services.config.app import BACKEND, create_app
 from shared import subjects
-from shared.messages import AddressState, AnswerSet, PoolState, ProbeResult, SwitchEvent, encoder
+from shared.messages import (
+    AddressState,
+    AnswerSet,
+    PoolState,
+    ProbeResult,
+    SwitchEvent,
+    encoder,
+)
 from shared.settings import NatsSettings, Settings
 from tests.support import Api, NatsServer, Service, free_port, wait_until
 
@@ -250,6 +257,17 @@ async def test_invalid_pool_name_in_the_path_is_400_name(api: Client) -> None:
         ("POST", "/api/v1/pools", 405, "method_not_allowed"),
         ("DELETE", "/api/v1/domains", 405, "method_not_allowed"),
         ("POST", "/api/v1/pools/x", 405, "method_not_allowed"),
+        ("GET", "/api/v1/health-templates/nope", 404, "not_found"),
+        ("PATCH", "/api/v1/health-templates/nope", 404, "not_found"),
+        ("DELETE", "/api/v1/health-templates/nope", 404, "not_found"),
+        ("GET", "/api/v1/alert-targets/nope", 404, "not_found"),
+        ("PATCH", "/api/v1/alert-targets/nope", 404, "not_found"),
+        ("DELETE", "/api/v1/alert-targets/nope", 404, "not_found"),
+        ("GET", "/api/v1/topology/x", 404, "not_found"),
+        ("POST", "/api/v1/health-templates", 405, "method_not_allowed"),
+        ("DELETE", "/api/v1/alert-targets", 405, "method_not_allowed"),
+        ("PATCH", "/api/v1/topology", 405, "method_not_allowed"),
+        ("DELETE", "/api/v1/topology", 405, "method_not_allowed"),
     ],
 )
 async def test_unknown_things_and_methods(api: Client, method: str, path: str, status: int, code: str) -> None:
@@ -474,10 +492,11 @@ async def test_status_before_the_scheduler_published_anything(api: Client) -> No
     await seed(api)
     status, body = await call(api, "GET", "/api/v1/domains/WWW.example.com/status")
     assert status == 200
-    assert body == {"domain": "www.example.com", "enabled": False, "answer": None, "pools": [
-        {"name": "Primary-DC", "available": None, "addresses": [
-            {"name": "a", "address": "192.0.2.1", "available": None, "mode": "auto", "checks": []},
-            {"name": "b", "address": "192.0.2.2", "available": None, "mode": "auto", "checks": []},
+    unknown: dict[str, Any] = {"available": None, "mode": "auto", "region": "", "waiting": None, "warming": None, "checks": []}
+    assert body == {"domain": "www.example.com", "enabled": False, "status": "disabled", "answer": None, "pools": [
+        {"name": "Primary-DC", "available": None, "warming": None, "region": "", "addresses": [
+            {"name": "a", "address": "192.0.2.1", **unknown},
+            {"name": "b", "address": "192.0.2.2", **unknown},
         ]}]}
 
 

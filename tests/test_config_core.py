@@ -41,7 +41,14 @@ from services.config.views import (
     render_event,
     render_status,
 )
-from shared.messages import AddressState, AnswerSet, OperationEvent, PoolState, ProbeResult, SwitchEvent
+from shared.messages import (
+    AddressState,
+    AnswerSet,
+    OperationEvent,
+    PoolState,
+    ProbeResult,
+    SwitchEvent,
+)
 from shared.resources import Address, Domain, Pool, PoolRef
 from shared.settings import NatsSettings, Settings
 
@@ -379,17 +386,19 @@ def test_status_combines_config_answer_pool_state_and_probes() -> None:
     assert status == {
         "domain": "www.example.com",
         "enabled": True,
+        "status": "active",
         "answer": {"pool": "Primary-DC", "records": ["192.0.2.1"], "ttl": 30, "fallback": False,
                    "published_at": "1970-01-01T00:00:01.000Z"},
         "pools": [
-            {"name": "Primary-DC", "available": True, "addresses": [
-                {"name": "a", "address": "192.0.2.1", "available": True, "mode": "auto", "checks": [
+            {"name": "Primary-DC", "available": True, "warming": False, "region": "", "addresses": [
+                {"name": "a", "address": "192.0.2.1", "available": True, "mode": "auto", "region": "",
+                 "waiting": "", "warming": False, "checks": [
                     {"region": "local", "prober": "p1", "ok": True, "rtt_ms": 1.5, "error": "",
                      "at": "1970-01-01T00:00:10.000Z"}]},
                 {"name": "b", "address": "192.0.2.2", "available": None, "mode": "manual_unavailable",
-                 "checks": []},
+                 "region": "", "waiting": None, "warming": None, "checks": []},
             ]},
-            {"name": "Backup-DC", "available": None, "addresses": []},
+            {"name": "Backup-DC", "available": None, "warming": None, "region": "", "addresses": []},
         ],
     }
 

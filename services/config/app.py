@@ -14,9 +14,27 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
+from services.config.apply import execute
 from services.config.backend import Backend, run_backend
-from services.config.documents import API_BASE, DOMAIN, MAX_BODY_BYTES, POOL, Kind, etag, render
-from services.config.errors import ApiError, PayloadTooLarge, Unauthorized, code_for_status, error_body
+from services.config.documents import (
+    ALERT_TARGET,
+    API_BASE,
+    DOMAIN,
+    MAX_BODY_BYTES,
+    POOL,
+    TEMPLATE,
+    TOPOLOGY,
+    Kind,
+    etag,
+)
+from services.config.errors import (
+    ApiError,
+    PayloadTooLarge,
+    Unauthorized,
+    code_for_status,
+    error_body,
+)
+from services.config.notifier import AlertPolicy, Notifier
 from services.config.security import OPEN_PATHS, token_ok
 from services.config.views import parse_events_query
 from shared.settings import Settings
@@ -25,6 +43,7 @@ log = structlog.get_logger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND = web.AppKey("backend", Backend)
+NOTIFIER = web.AppKey("notifier", Notifier)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,7 +68,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         message = _http_message(request, exc)
         return json_response(error_body(code_for_status(exc.status), message), status=exc.status, headers=headers)
-    except (nats.errors.Error, asyncio.TimeoutError) as exc:
+    except (TimeoutError, nats.errors.Error) as exc:
         log.warning("nats_request_failed", path=request.path, error=repr(exc))
         return json_response(error_body("unavailable", f"NATS did not answer: {exc!r}"), status=503)
     except Exception:
@@ -96,52 +115,30 @@ async def _read_body(request: web.Request) -> bytes:
     return await request.read()  # over client_max_size: HTTPRequestEntityTooLarge -> 413
 
 
-def _resource_response(stored: Any, *, status: int = 200) -> web.Response:
-    return json_response(
-        render(stored.resource, stored.name, stored.revision),
-        status=status,
-        headers={"ETag": etag(stored.revision)},
-    )
-
-
 def resource_routes(kind: Kind) -> list[web.RouteDef]:
-    """List/GET/PUT/PATCH/DELETE routes of one resource kind."""
+    """The routes of one resource kind: list and item GET/PUT/PATCH/DELETE, or GET/PUT of a singleton."""
 
-    async def list_all(request: web.Request) -> web.Response:
-        stored = await request.app[BACKEND].store.list_all(kind)
-        return json_response({kind.collection: [render(s.resource, s.name, s.revision) for s in stored]})
-
-    async def get_one(request: web.Request) -> web.Response:
-        return _resource_response(await request.app[BACKEND].store.get(kind, request.match_info["name"]))
-
-    async def put_one(request: web.Request) -> web.Response:
-        body = await _read_body(request)
-        stored, created = await request.app[BACKEND].store.put(
-            kind, request.match_info["name"], body, if_match=request.headers.get("If-Match")
+    async def handle(request: web.Request) -> web.Response:
+        body = await _read_body(request) if request.method in ("PUT", "PATCH") else b""
+        name = kind.singleton or request.match_info.get("name")
+        outcome = await execute(
+            request.app[BACKEND].store, request.method, kind, name, body, if_match=request.headers.get("If-Match")
         )
-        return _resource_response(stored, status=201 if created else 200)
-
-    async def patch_one(request: web.Request) -> web.Response:
-        body = await _read_body(request)
-        stored = await request.app[BACKEND].store.patch(
-            kind, request.match_info["name"], body, if_match=request.headers.get("If-Match")
-        )
-        return _resource_response(stored)
-
-    async def delete_one(request: web.Request) -> web.Response:
-        await request.app[BACKEND].store.delete(
-            kind, request.match_info["name"], if_match=request.headers.get("If-Match")
-        )
-        return web.Response(status=204)
+        if outcome.status == 204:
+            return web.Response(status=204)
+        headers = {"ETag": etag(outcome.revision)} if outcome.revision is not None else None
+        return json_response(outcome.body, status=outcome.status, headers=headers)
 
     base = f"{API_BASE}/{kind.collection}"
+    if kind.singleton:
+        return [web.get(base, handle, allow_head=False), web.put(base, handle)]
     item = base + "/{name}"
     return [
-        web.get(base, list_all, allow_head=False),
-        web.get(item, get_one, allow_head=False),
-        web.put(item, put_one),
-        web.patch(item, patch_one),
-        web.delete(item, delete_one),
+        web.get(base, handle, allow_head=False),
+        web.get(item, handle, allow_head=False),
+        web.put(item, handle),
+        web.patch(item, handle),
+        web.delete(item, handle),
     ]
 
 
@@ -176,21 +173,41 @@ async def _nats_ctx(app: web.Application) -> AsyncIterator[None]:
     backend = app[BACKEND]
     task = asyncio.create_task(run_backend(backend), name="config-backend")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await _cancel(task)
     await backend.close()
 
 
-def create_app(settings: Settings, *, backend: Backend | None = None) -> web.Application:
-    """The REST API v1 application; its NATS side starts with the app."""
+async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the alert notifier in the background once NATS is up; stop it before NATS closes."""
+    notifier = app[NOTIFIER]
+    task = asyncio.create_task(notifier.run(app[BACKEND]), name="config-alerts")
+    yield
+    await _cancel(task)
+    await notifier.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it, cancelling again if a library swallowed the cancellation."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.2)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
+
+
+def create_app(
+    settings: Settings, *, backend: Backend | None = None, alert_policy: AlertPolicy | None = None
+) -> web.Application:
+    """The REST API v1 application; its NATS side and alert notifier start with the app."""
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[error_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
     app[BACKEND] = backend or Backend(settings)
+    app[NOTIFIER] = Notifier(alert_policy)
     app.cleanup_ctx.append(_nats_ctx)
+    app.cleanup_ctx.append(_alerts_ctx)  # cleaned up first: before NATS is drained
     app.add_routes(
         [
             web.get("/healthz", healthz, allow_head=False),
@@ -198,6 +215,9 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
             *resource_routes(POOL),
             web.get(f"{API_BASE}/{DOMAIN.collection}/{{name}}/status", domain_status, allow_head=False),
             *resource_routes(DOMAIN),
+            *resource_routes(TEMPLATE),
+            *resource_routes(ALERT_TARGET),
+            *resource_routes(TOPOLOGY),
             web.get(f"{API_BASE}/events", list_events, allow_head=False),
         ]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,13 @@ from services.config.errors import (
 from shared import subjects
 from shared.resources import (
     NAME_RE,
+    AlertTarget,
     Domain,
+    HealthCheck,
+    Name,
     Pool,
     ResourceError,
+    Topology,
     domain_decoder,
     normalize_fqdn,
     pool_decoder,
@@ -29,48 +34,84 @@ from shared.resources import (
 API_BASE = "/api/v1"
 MAX_BODY_BYTES = 1 << 20
 
-Resource = Pool | Domain
+Resource = Pool | Domain | HealthCheck | AlertTarget | Topology  # as stored
+
+
+class HealthTemplate(HealthCheck, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A health-check template as written through the API: a check plus the usual name and revision."""
+
+    name: Name | None = None
+    revision: int | None = None
 
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of config resource: how it is named, keyed and decoded."""
+    """One kind of config resource: how it is named, keyed, decoded and addressed."""
 
-    resource: str  # "pool" | "domain", as in OperationEvent.resource
-    collection: str  # "pools" | "domains", as in the URL and list bodies
+    resource: str  # as in OperationEvent.resource: "pool", "domain", "template", ...
+    collection: str  # the URL segment: "pools", "health-templates", ...
+    list_key: str  # the key of the list body: "pools", "templates", ...
     prefix: str  # KV key prefix
-    decoder: msgspec.json.Decoder[Any]
+    decoder: msgspec.json.Decoder[Any]  # request bodies
+    stored: msgspec.json.Decoder[Any]  # KV values
+    key_of: Callable[[str], str]
+    fqdn_names: bool = False
+    singleton: str = ""  # the one resource's name, for a kind without a collection (topology)
+    empty: Resource | None = None  # what GET answers for a singleton never written (at revision 0)
 
     def canonical(self, name: str) -> str:
         """The resource's canonical name; raise ``invalid_argument`` (field "name")."""
-        if self.resource == "domain":
+        if self.fqdn_names:
             try:
                 return normalize_fqdn(name)
             except ResourceError as exc:
                 raise from_resource_error(exc) from None
         if not re.match(NAME_RE, name):
-            raise InvalidArgument(f"invalid pool name {name!r}: 1-64 of A-Za-z0-9._-", "name")
+            raise InvalidArgument(f"invalid {self.resource} name {name!r}: 1-64 of A-Za-z0-9._-", "name")
         return name
 
     def key(self, name: str) -> str:
         """KV key of the resource called ``name``."""
-        return subjects.pool_key(name) if self.resource == "pool" else subjects.domain_key(name)
+        return self.key_of(name)
 
     def path(self, name: str) -> str:
         """The resource's URL path."""
+        if self.singleton:
+            return f"{API_BASE}/{self.collection}"
         return f"{API_BASE}/{self.collection}/{name}"
 
 
-POOL = Kind("pool", "pools", subjects.POOL_PREFIX, pool_decoder)
-DOMAIN = Kind("domain", "domains", subjects.DOMAIN_PREFIX, domain_decoder)
+def _decoder(kind: type[Any]) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(kind)
 
 
-def decode(kind: Kind, body: bytes) -> Resource:
+POOL = Kind("pool", "pools", "pools", subjects.POOL_PREFIX, pool_decoder, pool_decoder, subjects.pool_key)
+DOMAIN = Kind(
+    "domain", "domains", "domains", subjects.DOMAIN_PREFIX, domain_decoder, domain_decoder, subjects.domain_key,
+    fqdn_names=True,
+)
+TEMPLATE = Kind(
+    "template", "health-templates", "templates", subjects.TEMPLATE_PREFIX,
+    _decoder(HealthTemplate), _decoder(HealthCheck), subjects.template_key,
+)
+ALERT_TARGET = Kind(
+    "alert_target", "alert-targets", "alert_targets", subjects.ALERT_PREFIX,
+    _decoder(AlertTarget), _decoder(AlertTarget), subjects.alert_key,
+)
+TOPOLOGY = Kind(
+    "topology", "topology", "", subjects.TOPOLOGY_KEY, _decoder(Topology), _decoder(Topology),
+    lambda _name: subjects.TOPOLOGY_KEY, singleton="topology", empty=Topology(),
+)
+Incoming = Pool | Domain | HealthTemplate | AlertTarget | Topology  # as decoded from a request body
+COLLECTIONS: dict[str, Kind] = {k.collection: k for k in (POOL, DOMAIN, TEMPLATE, ALERT_TARGET, TOPOLOGY)}
+
+
+def decode(kind: Kind, body: bytes) -> Incoming:
     """Decode a request body into a resource Struct; raise ``invalid_argument``."""
     if not body.strip():
         raise InvalidArgument("a JSON request body is required")
     try:
-        resource: Resource = kind.decoder.decode(body)
+        resource: Incoming = kind.decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise from_decode_error(exc) from None
     return resource
@@ -119,10 +160,11 @@ def document(resource: Resource) -> dict[str, Any]:
     return doc
 
 
-def render(resource: Resource, name: str, revision: int) -> dict[str, Any]:
-    """The API view of a resource: every field incl. defaults, plus name and revision."""
+def render(resource: Resource, name: str, revision: int, *, named: bool = True) -> dict[str, Any]:
+    """The API view of a resource: every field incl. defaults, plus name (unless not ``named``) and revision."""
     out: dict[str, Any] = msgspec.to_builtins(resource)
-    out["name"] = name
+    if named:
+        out["name"] = name
     out["revision"] = revision
     return out
 

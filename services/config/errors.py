@@ -59,6 +59,12 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class MethodNotAllowed(ApiError):
+    """The resource exists but does not take this method."""
+
+    status, code = 405, "method_not_allowed"
+
+
 class Conflict(ApiError):
     """The write conflicts with other resources or a concurrent writer."""
 

@@ -187,19 +187,43 @@ def render_answer(answer: AnswerSet | None) -> dict[str, Any] | None:
 def render_pool_status(
     name: str, pool: Pool | None, state: PoolState | None, probes: ProbeTable
 ) -> dict[str, Any]:
-    """One pool of a domain's status: availability from the scheduler, addresses from config."""
-    available = {a.name: a.available for a in state.addresses} if state else {}
-    addresses = [
-        {
-            "name": addr.name,
-            "address": addr.address,
-            "available": available.get(addr.name),
-            "mode": addr.mode,
-            "checks": [render_check(r) for r in probes.checks(subjects.address_key(name, addr.name))],
-        }
-        for addr in (pool.addresses if pool else [])
-    ]
-    return {"name": name, "available": state.available if state else None, "addresses": addresses}
+    """One pool of a domain's status: availability from the scheduler, addresses from config.
+
+    What the scheduler says (``available``, ``waiting``, ``warming``) is null until it has
+    published the pool's state.
+    """
+    states = {a.name: a for a in state.addresses} if state else {}
+    addresses = []
+    for addr in pool.addresses if pool else []:
+        seen = states.get(addr.name)
+        addresses.append(
+            {
+                "name": addr.name,
+                "address": addr.address,
+                "available": seen.available if seen else None,
+                "mode": addr.mode,
+                "region": addr.region,
+                "waiting": seen.waiting if seen else None,
+                "warming": seen.warming if seen else None,
+                "checks": [render_check(r) for r in probes.checks(subjects.address_key(name, addr.name))],
+            }
+        )
+    return {
+        "name": name,
+        "available": state.available if state else None,
+        "warming": state.warming if state else None,
+        "region": pool.region if pool else "",
+        "addresses": addresses,
+    }
+
+
+def domain_phase(domain: Domain, answer: AnswerSet | None, states: list[PoolState | None]) -> str:
+    """``disabled``; ``warming`` while enabled but its first answer is not out (or a pool warms); else ``active``."""
+    if not domain.enabled:
+        return "disabled"
+    if answer is None or answer.deleted or not answer.enabled or any(s is not None and s.warming for s in states):
+        return "warming"
+    return "active"
 
 
 def render_status(
@@ -212,7 +236,7 @@ def render_status(
     return {
         "domain": domain.name,
         "enabled": domain.enabled,
+        "status": domain_phase(domain, answer, [state for _, _, state in pools]),
         "answer": render_answer(answer),
         "pools": [render_pool_status(name, pool, state, probes) for name, pool, state in pools],
     }
-

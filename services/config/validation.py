@@ -1,0 +1,179 @@
+"""Pure checks of the resources shared/ does not validate itself, and health-template resolution.
+
+An address refers to a template as ``"health_check": {"template": "web", "port": 8081}``:
+the fields given beside ``template`` override the template's, field by field.  Pools are
+stored resolved (the full effective check, with ``template`` and ``overrides`` recorded),
+so nothing downstream needs to know about templates.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import msgspec
+
+from services.config.documents import HealthTemplate
+from shared.resources import (
+    NAME_RE,
+    AlertTarget,
+    HealthCheck,
+    Pool,
+    ResourceError,
+    Topology,
+    check_health,  # the same rules as an address's check
+)
+
+CHECK_FIELDS = tuple(f for f in HealthCheck.__struct_fields__ if f not in ("template", "overrides"))
+_NAME = re.compile(NAME_RE)
+
+
+def check_name(given: str | None, name: str) -> None:
+    """A resource's ``name`` field, when given, must be the one in the path."""
+    if given is not None and given != name:
+        raise ResourceError(f"name {given!r} does not match the path", "name")
+
+
+def check_region(region: str, field: str) -> None:
+    """A region is empty or 1-64 of A-Za-z0-9._-."""
+    if region and not _NAME.match(region):
+        raise ResourceError("regions are 1-64 of A-Za-z0-9._-", field)
+
+
+def validate_regions(pool: Pool) -> None:
+    """Check the optional regions of a pool and of its addresses."""
+    check_region(pool.region, "region")
+    for i, addr in enumerate(pool.addresses):
+        check_region(addr.region, f"addresses[{i}].region")
+
+
+def validate_template(template: HealthTemplate, name: str) -> HealthCheck:
+    """Check a health-check template; return it as the HealthCheck that is stored."""
+    check_name(template.name, name)
+    if template.template:
+        raise ResourceError("a template cannot refer to another template", "template")
+    if template.overrides:
+        raise ResourceError("a template has no overrides", "overrides")
+    try:
+        check_health(template, "")
+    except ResourceError as exc:
+        raise ResourceError(exc.message, exc.field.lstrip(".")) from None
+    values = {f: getattr(template, f) for f in HealthCheck.__struct_fields__}
+    return HealthCheck(**values)
+
+
+def validate_alert_target(target: AlertTarget, name: str) -> AlertTarget:
+    """Check an alert target: an http(s) URL with a host; return it named."""
+    check_name(target.name, name)
+    try:
+        url = urllib.parse.urlsplit(target.url)
+        host, _port = url.hostname, url.port  # .port raises on a bad port
+    except ValueError:
+        raise ResourceError(f"{target.url!r} is not a valid URL", "url") from None
+    if url.scheme not in ("http", "https") or not host:
+        raise ResourceError("url must be an http:// or https:// URL with a host", "url")
+    return msgspec.structs.replace(target, name=name, kinds=list(dict.fromkeys(target.kinds)), revision=None)
+
+
+def validate_topology(topology: Topology) -> Topology:
+    """Check every CIDR and region; no CIDR twice; return it with CIDRs in canonical form."""
+    seen: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, int] = {}
+    entries = []
+    for i, entry in enumerate(topology.entries):
+        try:
+            net = ipaddress.ip_network(entry.cidr.strip(), strict=False)
+        except ValueError:
+            raise ResourceError(f"{entry.cidr!r} is not a valid CIDR", f"entries[{i}].cidr") from None
+        if net in seen:
+            raise ResourceError(f"{net} is listed twice (first at entries[{seen[net]}])", f"entries[{i}].cidr")
+        seen[net] = i
+        if not _NAME.match(entry.region):
+            raise ResourceError("regions are 1-64 of A-Za-z0-9._-", f"entries[{i}].region")
+        entries.append(msgspec.structs.replace(entry, cidr=str(net)))
+    return msgspec.structs.replace(topology, entries=entries, revision=None)
+
+
+# -- health templates ---------------------------------------------------------------------
+
+
+def _checks(doc: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, health_check object) of every address of a pool document that has one."""
+    addresses = doc.get("addresses") if isinstance(doc, dict) else None
+    for i, addr in enumerate(addresses if isinstance(addresses, list) else []):
+        if isinstance(addr, dict) and isinstance(addr.get("health_check"), dict):
+            yield i, addr["health_check"]
+
+
+def template_refs(doc: Any) -> set[str]:
+    """Names of the health templates a pool document refers to."""
+    return {hc["template"] for _, hc in _checks(doc) if isinstance(hc.get("template"), str) and hc["template"]}
+
+
+def merge_check(template: HealthCheck, values: Mapping[str, Any], overrides: list[str], name: str) -> dict[str, Any]:
+    """The effective check (as a document): the template's fields, ``overrides`` taken from ``values``."""
+    merged: dict[str, Any] = msgspec.to_builtins(template)
+    merged.update({f: values[f] for f in overrides})
+    merged["template"], merged["overrides"] = name, overrides
+    return merged
+
+
+def _overrides(hc: dict[str, Any], base: dict[str, Any], field: str) -> list[str]:
+    """Which fields of an address's check override its template.
+
+    Without an ``overrides`` list every field given beside ``template`` does.  With one (a
+    document read back from the API) the fields it lists do, and so does any field whose
+    value differs from the template's: an edit made without updating the list still counts.
+    """
+    listed = hc.get("overrides")
+    if listed is None:
+        return [f for f in CHECK_FIELDS if f in hc]
+    if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+        return []  # the decoder reports the type error
+    for j, f in enumerate(listed):
+        if f not in CHECK_FIELDS:
+            raise ResourceError(f"{f!r} is not a health-check field", f"{field}.overrides[{j}]")
+    return [f for f in CHECK_FIELDS if f in hc and (f in listed or hc[f] != base[f])]
+
+
+def expand_templates(doc: Any, templates: Mapping[str, HealthCheck]) -> Any:
+    """A pool document with every template reference replaced by the effective check.
+
+    A check without a template keeps no ``overrides``.  A reference to a template that is
+    not in ``templates`` raises (field ``addresses[i].health_check.template``).
+    """
+    if not any(True for _ in _checks(doc)):
+        return doc
+    out = dict(doc)
+    out["addresses"] = [dict(a) if isinstance(a, dict) else a for a in doc["addresses"]]
+    for i, hc in _checks(out):
+        field = f"addresses[{i}].health_check"
+        name = hc.get("template")
+        if not name or not isinstance(name, str):
+            out["addresses"][i]["health_check"] = {k: v for k, v in hc.items() if k != "overrides"}
+            continue
+        template = templates.get(name)
+        if template is None:
+            raise ResourceError(f"health template {name!r} does not exist", f"{field}.template")
+        overrides = _overrides(hc, msgspec.to_builtins(template), field)
+        out["addresses"][i]["health_check"] = merge_check(template, hc, overrides, name)
+    return out
+
+
+def reresolve(pool: Pool, name: str, template: HealthCheck) -> Pool:
+    """``pool`` with every check made from template ``name`` rebuilt from its new version."""
+    addresses = []
+    for addr in pool.addresses:
+        hc = addr.health_check
+        if hc is not None and hc.template == name:
+            merged = merge_check(template, msgspec.to_builtins(hc), list(hc.overrides), name)
+            addr = msgspec.structs.replace(addr, health_check=msgspec.convert(merged, HealthCheck))
+        addresses.append(addr)
+    return msgspec.structs.replace(pool, addresses=addresses)
+
+
+def uses_template(pool: Pool, name: str) -> bool:
+    """Whether any address of ``pool`` has a check made from template ``name``."""
+    return any(a.health_check is not None and a.health_check.template == name for a in pool.addresses)
