@@ -19,7 +19,7 @@ import structlog
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from services.prober import membership
+from services.prober import membership, metrics
 from services.prober.checks import Checker, make_session
 from services.prober.core import (
     FIRST_RUN_WINDOW_S,
@@ -34,7 +34,7 @@ from services.prober.core import (
     transition_event,
 )
 from services.prober.heartbeat import Membership
-from shared import bus, messages, subjects
+from shared import bus, messages, ops, subjects
 from shared.resources import Pool, pool_decoder
 from shared.settings import Settings
 
@@ -207,6 +207,7 @@ class Prober:
             error=outcome.error,
             at=time.time(),
         )
+        metrics.observe(self._region, target.check.protocol, outcome.ok, outcome.rtt_ms, outcome.error)
         if self._last_ok.get(target.key) is not outcome.ok:
             self._log_transition(target, outcome)
         try:
@@ -240,11 +241,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         kv = await bus.config_bucket(js)
         session = make_session(concurrency=settings.prober_concurrency)
         stack.push_async_callback(session.close)
+        ops.watch_nats(nc)
+        ready_flag = asyncio.Event()
+        await stack.enter_async_context(ops.serve(settings.metrics_listen, ready=ready_flag.is_set))
         members = Membership(nc=nc, region=settings.prober_region, prober=settings.prober_id)
         async with asyncio.TaskGroup() as tg:
             prober = Prober(settings=settings, nc=nc, checker=Checker(session), tg=tg, members=members)
 
             def ready() -> None:
+                ready_flag.set()
                 log.info(
                     "service_ready",
                     region=settings.prober_region,

@@ -20,7 +20,14 @@ from shared import subjects
 from shared.messages import AddressState, AnswerSet, PoolState, ProbeResult, SwitchEvent
 from shared.resources import Address, Domain, HealthCheck, Pool
 
-from .decide import PoolView, decide_domain, domain_warming, evaluate_pool, pool_state, same_content
+from .decide import (
+    PoolView,
+    decide_domain,
+    domain_warming,
+    evaluate_pool,
+    pool_state,
+    same_content,
+)
 from .health import (
     AddressStatus,
     LastResult,

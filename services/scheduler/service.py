@@ -22,7 +22,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
-from shared import bus, subjects
+from services.scheduler import metrics
+from shared import bus, ops, subjects
 from shared.messages import (
     AnswerSet,
     PoolState,
@@ -109,6 +110,7 @@ class Scheduler:
             answers, states = await self.read_published()
             out = self.engine.take_over(answers, states, now=time.monotonic(), at=time.time())
             self.leader = True
+            metrics.LEADER.set(1)
             log.info(
                 "leader_acquired",
                 scheduler_id=lease.holder,
@@ -123,6 +125,7 @@ class Scheduler:
         async with self.lock:
             if self.leader:
                 self.leader = False
+                metrics.LEADER.set(0)
                 self.engine.pause()
                 log.warning("leader_lost", scheduler_id=lease.holder, reason=lease.last_error or "released")
 
@@ -192,6 +195,7 @@ class Scheduler:
 
     async def on_probe_result(self, msg: Msg) -> None:
         """Core NATS callback: one probe result."""
+        metrics.RESULTS.inc()
         try:
             result = probe_result_decoder.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -222,6 +226,7 @@ class Scheduler:
         """Publish answers, switches and pool views; failed ones are retried on a tick."""
         if not out:
             return
+        started = time.perf_counter()
         sends: list[tuple[str, Any]] = []
         sends += [(subjects.answers(a.domain), a) for a in out.answers]
         sends += [(subjects.switch_event(s.domain), s) for s in out.switches]
@@ -239,6 +244,10 @@ class Scheduler:
                     failed_pools.append(m.pool)
             else:
                 _log_published(m)
+        metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        metrics.DECISIONS.labels("answer").inc(len(out.answers))
+        metrics.DECISIONS.labels("pool_state").inc(len(out.pool_states))
+        metrics.SWITCHES.inc(len(out.switches))
         for name in out.removed_pools:
             await self._purge_pool_state(name)
         if failed_domains or failed_pools:
@@ -281,6 +290,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         kv = await bus.config_bucket(js)
         lease = Lease(await leases_bucket(js), holder=settings.scheduler_id, lease_s=settings.scheduler_lease_s)
         scheduler = Scheduler(js)
+        ops.watch_nats(nc)
+        ready = asyncio.Event()
+        await stack.enter_async_context(ops.serve(settings.metrics_listen, ready=ready.is_set))
         watcher = await kv.watchall()
         stack.push_async_callback(_stop_watcher, watcher)
         await scheduler.load_config(watcher)
@@ -293,6 +305,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             await scheduler.become_leader(lease)
         else:
             await scheduler.load_previous()
+        ready.set()
         log.info(
             "service_ready",
             role="leader" if scheduler.leader else "standby",

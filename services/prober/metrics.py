@@ -1,0 +1,25 @@
+"""Prober metrics: checks, failures and round-trip time by region."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+CHECKS = Counter("gtm_prober_checks_total", "Health checks run", ["region", "protocol", "result"])
+FAILURES = Counter("gtm_prober_failures_total", "Failed health checks by error", ["region", "protocol", "error"])
+RTT = Histogram(
+    "gtm_prober_rtt_seconds",
+    "Round-trip time of successful checks",
+    ["region", "protocol"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+def observe(region: str, protocol: str, ok: bool, rtt_ms: float | None, error: str) -> None:
+    """Count one check result."""
+    CHECKS.labels(region, protocol, "ok" if ok else "fail").inc()
+    if ok:
+        if rtt_ms is not None:
+            RTT.labels(region, protocol).observe(rtt_ms / 1000)
+    else:
+        # "error: <free text>" would explode the label set: keep the stable part only.
+        FAILURES.labels(region, protocol, error.split(":", 1)[0] or "unknown").inc()
