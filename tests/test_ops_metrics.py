@@ -77,3 +77,17 @@ def test_prober_counts_checks_and_failures_by_region(nats_url: str, log_dir: Pat
     finally:
         svc.stop()
         backend.stop()
+
+
+def test_config_counts_requests_by_route_and_status(nats_url: str, log_dir: Path) -> None:
+    port = free_port()
+    svc = Service("config", {"NATS_URL": nats_url, "GTM_API_LISTEN": f"127.0.0.1:{port}"}, log_dir).start()
+    try:
+        svc.wait_for_event("service_ready")
+        assert _get(port, "/api/v1/pools/nope")[0] == 404
+        status, text = _get(port, "/metrics")
+        assert status == 200
+        assert 'gtm_api_requests_total{method="GET",route="/api/v1/pools/{name}",status="404"} 1.0' in text
+        assert "gtm_nats_connected 1.0" in text
+    finally:
+        svc.stop()

@@ -34,9 +34,11 @@ from services.config.errors import (
     code_for_status,
     error_body,
 )
+from services.config.metrics import metrics_middleware
 from services.config.notifier import AlertPolicy, Notifier
 from services.config.security import OPEN_PATHS, token_ok
 from services.config.views import parse_events_query
+from shared import ops
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -201,7 +203,7 @@ def create_app(
     """The REST API v1 application; its NATS side and alert notifier start with the app."""
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
     app[BACKEND] = backend or Backend(settings)
@@ -212,6 +214,7 @@ def create_app(
         [
             web.get("/healthz", healthz, allow_head=False),
             web.get("/readyz", readyz, allow_head=False),
+            web.get("/metrics", ops.metrics, allow_head=False),
             *resource_routes(POOL),
             web.get(f"{API_BASE}/{DOMAIN.collection}/{{name}}/status", domain_status, allow_head=False),
             *resource_routes(DOMAIN),

@@ -20,7 +20,7 @@ from services.config.documents import DOMAIN, POOL
 from services.config.errors import Unavailable, error_body
 from services.config.store import ConfigStore
 from services.config.views import EventLog, ProbeTable, render_status
-from shared import bus, subjects
+from shared import bus, ops, subjects
 from shared.messages import (
     OperationEvent,
     answer_set_decoder,
@@ -57,6 +57,7 @@ class Backend:
     async def start(self) -> None:
         """Connect (waiting for NATS as long as it takes), declare streams, fill the caches."""
         self.nc = await bus.connect(self.settings.nats)
+        ops.watch_nats(self.nc)
         self.js = self.nc.jetstream(timeout=JS_TIMEOUT_S)
         await bus.ensure_streams(self.js)
         self.kv = await bus.config_bucket(self.js)
