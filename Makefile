@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run demo test bench clean
+.PHONY: install run demo test bench browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,12 +24,18 @@ run: $(STAMP)
 demo: $(STAMP)
 	exec $(PY) -m services.stack.demo
 
+# The console's browser test drives Debian's headless Chromium; install it when we can
+# (root or sudo with apt-get). Without it that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && $(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null' || \
+	    echo "chromium not installed: the console's browser test will skip"; }
+
 # pytest exits 5 when it collects no tests: that is not a failure of the suite.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # Benchmarks print figures (never asserted): the edge beside gdnsd, publish->serve latency, snapshots.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench: $(STAMP)
 	@command -v dnsperf >/dev/null && { command -v gdnsd >/dev/null || test -x /usr/sbin/gdnsd; } || \
 	  $(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf gdnsd'
