@@ -1,4 +1,5 @@
-"""The edge as a real process: snapshot, live updates, TCP, garbage, NATS restarts, workers."""
+"""The edge as a real process: snapshot, live updates, TCP, garbage, NATS restarts, workers,
+the topology followed live from KV with ECS answers, the zone apex."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import os
 import signal
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.edns
 import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
+import msgspec
 import nats
 import pytest
 
@@ -22,6 +27,7 @@ from services.edge.server import DnsListener
 from services.edge.table import AnswerTable
 from shared import bus, messages, subjects
 from shared.messages import AnswerGroup, AnswerSet
+from shared.resources import Topology, TopologyEntry
 from tests.support import NatsServer, Service, answer_addresses, dns_query, free_port, wait_until
 
 
@@ -249,3 +255,110 @@ def test_sigterm_stops_it_while_nats_is_unreachable(log_dir: Path, port: int, wo
         svc.wait_for_event("nats_error")
     finally:
         assert svc.stop() == 0
+
+
+# -- source_nearest: topology from KV, ECS; the zone apex ----------------------------------------
+
+
+def put_topology(url: str, entries: dict[str, str] | None, *, raw: bytes | None = None) -> None:
+    """Write (None: delete) the topology table in KV ``gtm_config``, as the config service stores it."""
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+        try:
+            kv = await bus.config_bucket(nc.jetstream())
+            if raw is not None:
+                await kv.put(subjects.TOPOLOGY_KEY, raw)
+            elif entries is None:
+                await kv.delete(subjects.TOPOLOGY_KEY)
+            else:
+                table = Topology(entries=[TopologyEntry(cidr=c, region=r) for c, r in entries.items()])
+                await kv.put(subjects.TOPOLOGY_KEY, msgspec.json.encode(table))
+            await kv.put(subjects.domain_key("unrelated.example.com"), b"{not the edge's business")
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
+
+
+def from_subnet(port: int, name: str, subnet: str, source: int) -> tuple[list[str], int]:
+    """(addresses, ECS scope) answered to a query carrying the ECS option ``subnet/source``."""
+    q = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.ECSOption(subnet, source)])
+    reply = dns.query.udp(q, "127.0.0.1", port=port, timeout=1.0)
+    (ecs,) = [o for o in reply.options if o.otype == dns.edns.ECS]
+    assert (ecs.address, ecs.srclen) == (subnet, source)
+    return answer_addresses(reply), ecs.scopelen
+
+
+def test_topology_from_kv_applies_live_and_ecs_picks_the_nearest_pool(
+    nats_url: str, log_dir: Path, port: int
+) -> None:
+    put_topology(nats_url, {"192.0.2.0/24": "eu", "198.51.100.0/24": "us"})
+    geo = AnswerSet(
+        domain="geo.example.com",
+        enabled=True,
+        record_type="A",
+        select="nearest",
+        groups=[
+            AnswerGroup(pool="us", records=["10.0.0.1"], region="us"),
+            AnswerGroup(pool="eu", records=["10.0.0.2"], region="eu"),
+        ],
+    )
+    publish(nats_url, geo, a_set("www.example.com", "10.9.9.9"))
+    svc = edge(nats_url, log_dir, port).start()
+    try:
+        svc.wait_for_event("service_ready")
+        assert from_subnet(port, "geo.example.com", "192.0.2.0", 24) == (["10.0.0.2"], 24)
+        assert from_subnet(port, "geo.example.com", "198.51.100.0", 24) == (["10.0.0.1"], 24)
+        assert from_subnet(port, "www.example.com", "192.0.2.0", 24) == (["10.9.9.9"], 0)
+        assert served(port, "geo.example.com") == ["10.0.0.1"]  # 127.0.0.1: no region, first group
+
+        put_topology(nats_url, {"127.0.0.0/8": "eu", "192.0.2.0/24": "us"})
+        wait_until(lambda: served(port, "geo.example.com") == ["10.0.0.2"])  # by source address now
+        assert from_subnet(port, "geo.example.com", "192.0.2.0", 24) == (["10.0.0.1"], 24)
+
+        put_topology(nats_url, None, raw=b"not json")  # a bad value: the last good table stays
+        svc.wait_for_event("topology_rejected")
+        assert served(port, "geo.example.com") == ["10.0.0.2"]
+
+        put_topology(nats_url, None)
+        wait_until(lambda: served(port, "geo.example.com") == ["10.0.0.1"])
+        assert from_subnet(port, "geo.example.com", "192.0.2.0", 24) == (["10.0.0.1"], 24)
+    finally:
+        assert svc.stop() == 0
+
+
+def test_edge_zone_makes_it_authoritative_for_its_zone(nats_url: str, log_dir: Path, port: int) -> None:
+    publish(nats_url, a_set("www.example.com", "192.0.2.1"))
+    svc = edge(nats_url, log_dir, port, GTM_EDGE_ZONE="Example.com.", GTM_EDGE_NS="ns1.example.com,ns2.example.com")
+    svc.start()
+    try:
+        assert svc.wait_for_event("zone_served")["zone"] == "example.com"
+        svc.wait_for_event("service_ready")
+        soa = dns_query(port, "example.com", "SOA", tcp=True)
+        assert [rd.to_text().split()[:2] for rrset in soa.answer for rd in rrset] == [
+            ["ns1.example.com.", "hostmaster.example.com."]
+        ]
+        nameservers = answer_addresses(dns_query(port, "example.com", "NS"))
+        assert sorted(nameservers) == ["ns1.example.com.", "ns2.example.com."]
+        missing = dns_query(port, "missing.example.com")
+        assert missing.rcode() == dns.rcode.NXDOMAIN and missing.authority[0].ttl == 60
+        nodata = dns_query(port, "www.example.com", "AAAA")
+        assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer and len(nodata.authority) == 1
+        assert served(port, "www.example.com") == ["192.0.2.1"]
+        assert rcode(port, "www.example.org") == dns.rcode.REFUSED
+    finally:
+        assert svc.stop() == 0
+
+
+def test_a_bad_zone_or_nameserver_name_stops_it_at_start() -> None:
+    for env in ({"GTM_EDGE_ZONE": "bad..zone"}, {"GTM_EDGE_ZONE": "example.com", "GTM_EDGE_NS": "ns1..example.com"}):
+        done = subprocess.run(
+            [sys.executable, "-m", "services.edge"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 2 and "bad label" in done.stderr

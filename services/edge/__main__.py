@@ -7,6 +7,8 @@ import sys
 
 from services.edge import workers
 from services.edge.app import serve
+from services.edge.wire import Malformed
+from services.edge.zone import Zone
 from shared import logs
 from shared.service import run
 from shared.settings import SettingsError, from_env
@@ -16,7 +18,8 @@ def main() -> int:
     """Read settings, configure logging, run the edge (or its workers)."""
     try:
         settings = from_env("edge")
-    except SettingsError as exc:
+        Zone.from_settings(settings.edge_zone, settings.edge_ns)  # a bad zone or NS name stops us here
+    except (SettingsError, Malformed) as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return 2
     logs.configure(service="edge", level=settings.log_level, fmt=settings.log_format)

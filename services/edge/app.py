@@ -10,10 +10,11 @@ from typing import TypeVar
 
 import structlog
 
-from services.edge.feed import AnswerFeed
+from services.edge.feed import AnswerFeed, TopologyFeed
 from services.edge.responder import Responder
 from services.edge.server import DnsListener
 from services.edge.table import AnswerTable
+from services.edge.zone import Zone
 from shared import bus
 from shared.settings import Settings, split_host_port
 
@@ -58,7 +59,7 @@ def _log_ready(listen: str) -> None:
 async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[str], None] = _log_ready) -> None:
     """Run one edge: snapshot, bind UDP+TCP on ``settings.dns_listen``, answer until ``stop``."""
     host, port = split_host_port(settings.dns_listen, default_port=DNS_PORT)
-    table = AnswerTable()
+    table = AnswerTable(zone=Zone.from_settings(settings.edge_zone, settings.edge_ns))
     async with contextlib.AsyncExitStack() as stack:
         nc = await _retry("nats_connect", lambda: bus.connect(settings.nats), stop)
         if nc is None:
@@ -66,10 +67,16 @@ async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[
         stack.push_async_callback(bus.close, nc)
         js = nc.jetstream()
         feed = AnswerFeed(js, table)
+        topology: list[TopologyFeed] = []
 
         async def subscribe() -> bool:
             await bus.ensure_streams(js)
-            await bus.config_bucket(js)
+            kv = await bus.config_bucket(js)
+            if not topology:  # started once: a retry must not subscribe twice
+                follower = TopologyFeed(js, kv, table)
+                await follower.start()
+                topology.append(follower)
+                stack.push_async_callback(follower.stop)
             await feed.start()
             return True
 
@@ -80,6 +87,8 @@ async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[
         if not await feed.wait_loaded(stop):
             return
         log.info("snapshot_loaded", domains=len(table), seconds=round(time.monotonic() - started, 3))
+        if table.zone is not None:
+            log.info("zone_served", zone=table.zone.text)
         listener = DnsListener(Responder(table), host, port)
         await listener.start()
         stack.push_async_callback(listener.stop)

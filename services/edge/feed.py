@@ -1,15 +1,23 @@
-"""Follow the ANSWERS stream into an AnswerTable: the last AnswerSet per domain, then live updates."""
+"""Follow NATS into an AnswerTable: the ANSWERS stream (last AnswerSet per domain, then live
+updates) and the topology key of the config bucket (client subnet -> region, live)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+from typing import Any
 
+import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from services.edge.table import AnswerTable
+from services.edge.topology import EMPTY, RegionMap, topology_decoder
 from shared import messages, subjects
 
 log = structlog.get_logger(__name__)
@@ -28,11 +36,17 @@ class AnswerFeed:
         self._table = table
         self.loaded = asyncio.Event()
         self._sub: JetStreamContext.PushSubscription | None = None
+        # Asked once: a filtered-out debug call still costs a lookup per message of the snapshot.
+        self._debug = bool(getattr(log, "is_enabled_for", lambda level: True)(logging.DEBUG))
 
     async def start(self) -> None:
         """Subscribe; :attr:`loaded` is set once the snapshot has been applied."""
         if await self._stream_empty():
-            self.loaded.set()
+            self._set_loaded()
+        else:
+            # The snapshot builds ~10 objects per domain and frees none: the cyclic GC would scan
+            # the growing table again and again for nothing.
+            gc.disable()
         self._sub = await self._js.subscribe(
             subjects.ANSWERS_ALL,
             stream=subjects.STREAM_ANSWERS,
@@ -51,8 +65,18 @@ class AnswerFeed:
                 task.cancel()
             # The stream may have been emptied after we looked: then there is nothing to wait for.
             if not self.loaded.is_set() and await self._stream_empty():
-                self.loaded.set()
+                self._set_loaded()
         return self.loaded.is_set()
+
+    def _set_loaded(self) -> None:
+        """The snapshot is in: move the table out of the GC's sight for good, and turn the GC back on.
+
+        No full collection first: it would walk the whole table once more for the odd cycle.
+        """
+        if not self.loaded.is_set():
+            self.loaded.set()
+            gc.freeze()
+            gc.enable()
 
     async def stop(self) -> None:
         """Unsubscribe (best effort: NATS may be away)."""
@@ -76,9 +100,9 @@ class AnswerFeed:
         finally:
             if not self.loaded.is_set():
                 try:
-                    if msg.metadata.num_pending == 0:
-                        self.loaded.set()
-                except Exception as exc:  # noqa: BLE001 - not a JetStream message
+                    if num_pending(msg.reply or "") == 0:
+                        self._set_loaded()
+                except ValueError as exc:
                     log.warning("bad_metadata", subject=msg.subject, error=str(exc))
 
     def apply(self, data: bytes, subject: str) -> None:
@@ -96,5 +120,80 @@ class AnswerFeed:
             log.debug("answer_removed", domain=aset.domain)
             return
         if compiled.skipped:
-            log.warning("records_skipped", domain=compiled.domain, records=list(compiled.skipped))
-        log.debug("answer_applied", domain=compiled.domain, enabled=aset.enabled, records=len(aset.records))
+            log.warning("records_skipped", domain=aset.domain, records=list(compiled.skipped))
+        if self._debug:
+            log.debug("answer_applied", domain=aset.domain, enabled=aset.enabled, records=len(aset.records))
+
+
+class TopologyFeed:
+    """Follows KV key ``topology`` of ``gtm_config`` into ``table.regions`` (missing: an empty map)."""
+
+    def __init__(self, js: JetStreamContext, kv: KeyValue, table: AnswerTable) -> None:
+        self._js = js
+        self._kv = kv
+        self._table = table
+        self._revision = -1
+        self._sub: JetStreamContext.PushSubscription | None = None
+
+    async def start(self) -> None:
+        """Load the current table, then follow its changes."""
+        try:
+            entry = await self._kv.get(subjects.TOPOLOGY_KEY)
+        except KeyNotFoundError:  # never written, or deleted
+            self.apply(None, 0)
+        else:
+            self.apply(entry.value, entry.revision or 0)
+        kv: Any = self._kv  # the bucket's stream and subject prefix are nats.py attributes
+        self._sub = await self._js.subscribe(
+            f"{kv._pre}{subjects.TOPOLOGY_KEY}",
+            stream=kv._stream,
+            cb=self._on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            idle_heartbeat=IDLE_HEARTBEAT_S,
+        )
+
+    async def stop(self) -> None:
+        """Unsubscribe (best effort: NATS may be away)."""
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception as exc:  # noqa: BLE001 - shutting down anyway
+                log.debug("unsubscribe_failed", error=str(exc))
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            headers = msg.headers or {}
+            deleted = headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers
+            self.apply(None if deleted else msg.data, msg.metadata.sequence.stream)
+        except Exception:
+            log.exception("topology_rejected")
+
+    def apply(self, value: bytes | None, revision: int) -> None:
+        """Install the topology stored at ``revision`` (None or empty: deleted); keep the old one if bad."""
+        if revision and revision == self._revision:
+            return  # the subscription delivers again what start() read
+        try:
+            regions = RegionMap.from_topology(topology_decoder.decode(value)) if value else EMPTY
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("topology_rejected", revision=revision, error=str(exc))
+            return
+        self._revision = revision
+        self._table.regions = regions
+        if regions.skipped:
+            log.warning("topology_entries_skipped", cidrs=regions.skipped)
+        log.info("topology_applied", entries=regions.size, revision=revision)
+
+
+def num_pending(reply: str) -> int:
+    """Messages left after this one, from a JetStream reply subject (cheaper than ``msg.metadata``).
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` or, with a
+    domain and account hash, ``$JS.ACK.<domain>.<hash>.<stream>...<pending>.<token>``.
+    """
+    tokens = reply.split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS":
+        return int(tokens[8])
+    if len(tokens) >= 11 and tokens[0] == "$JS":
+        return int(tokens[10])
+    raise ValueError(f"not a JetStream reply subject: {reply!r}")

@@ -1,8 +1,10 @@
 """Turn one DNS query packet into one reply packet (or None), from an AnswerTable (no I/O).
 
 The fast path handles the common shape (QUERY, one question, no other RRs but
-perhaps one plain OPT) with slicing and one dict lookup; everything else goes
-through :meth:`Responder.answer_slow`, which parses the packet fully.
+perhaps one OPT without options) with slicing and one dict lookup; everything
+else goes through :meth:`Responder.answer_slow`, which parses the packet fully:
+EDNS options (Client Subnet), names whose answer depends on the client's
+location, the zone's apex and negative answers, truncation.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import struct
 
 from services.edge import wire
-from services.edge.table import REFUSED, AnswerTable, Variant
+from services.edge.compile import REFUSED, Variant
+from services.edge.table import AnswerTable
 
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
@@ -22,32 +25,31 @@ _NOT_PLAIN_QUERY = wire.QR | wire.OPCODE_MASK
 class Responder:
     """Answers queries from an :class:`AnswerTable` (which it reads live)."""
 
-    __slots__ = ("_edns", "_plain", "_table")
+    __slots__ = ("_fast", "_table")
 
     def __init__(self, table: AnswerTable) -> None:
         self._table = table
-        self._plain = table.plain
-        self._edns = table.edns
+        self._fast = table.fast
 
-    def answer(self, data: bytes, tcp: bool = False) -> bytes | None:
-        """The reply to ``data``, or None when it deserves silence."""
+    def answer(self, data: bytes, tcp: bool = False, client: object = None) -> bytes | None:
+        """The reply to ``data`` (from ``client``, a socket address), or None when it deserves silence."""
         if len(data) > 16 and not data[2] & _NOT_PLAIN_QUERY:
             counts = data[4:12]
             if counts == _PLAIN_COUNTS:
                 question = data[12:]
-                pick = self._plain.get(question.lower())
+                pick = self._fast.get(question.lower())
                 if pick is not None:
                     v = pick()
                     return data[:2] + v[data[2] & 1] + question + v[2]
             elif counts == _EDNS_COUNTS and data[-11:-8] == _OPT_START and not data[-5] and data[-2:] == _NO_RDATA:
                 question = data[12:-11]
-                pick = self._edns.get(question.lower())
+                pick = self._fast.get(question.lower())
                 if pick is not None:
                     v = pick()
                     return data[:2] + v[3 + (data[2] & 1)] + question + v[5]
-        return self.answer_slow(data, tcp)
+        return self.answer_slow(data, tcp, client)
 
-    def answer_slow(self, data: bytes, tcp: bool = False) -> bytes | None:
+    def answer_slow(self, data: bytes, tcp: bool = False, client: object = None) -> bytes | None:
         """The reply to ``data`` after parsing it fully (any packet, any shape)."""
         if len(data) < wire.HEADER_LEN or data[2] & wire.QR:
             return None
@@ -61,23 +63,41 @@ class Responder:
             return _error(qid, flags, wire.NOTIMP, query, echo=False)
         if query is None:
             return _error(qid, flags, wire.FORMERR, None)
-        if query.edns and query.version > 0:
+        if query.edns and query.version > 0:  # options of another EDNS version mean what it says
             return _error(qid, flags, wire.BADVERS, query)
-        compiled = None
+        if query.ecs_error:  # RFC 7871 section 6: reject a malformed Client Subnet
+            return _error(qid, flags, wire.FORMERR, query)
+        return self._reply(qid, flags & wire.RD, query, tcp, client)
+
+    def _reply(self, qid: bytes, rd: int, query: wire.Query, tcp: bool, client: object) -> bytes:
+        """The reply to a well-formed QUERY."""
+        scope = 0
         if query.qclass == wire.CLASS_IN:
-            compiled = self._table.names.get(query.question[:-4].lower())
-        answer = REFUSED if compiled is None else compiled.by_qtype.get(query.qtype, compiled.default)
+            table = self._table
+            answer, compiled = table.lookup(query.question[:-4].lower(), query.qtype)
+            if compiled is not None and compiled.by_region is not None and answer is compiled.answer:
+                # The answer depends on where the client is: look it up, and say so in the ECS scope.
+                region = table.regions.locate(query.ecs, client)
+                answer = compiled.by_region.get(region, answer)
+                scope = query.ecs.source if query.ecs is not None else 0
+        else:
+            answer = REFUSED
         limit = wire.MAX_TCP if tcp else wire.udp_limit(query)
-        return _render(qid, flags & wire.RD, query, answer.pick(), limit)
+        return _render(qid, rd, query, answer.pick(), limit, scope)
 
 
-def _render(qid: bytes, rd: int, query: wire.Query, v: Variant, limit: int) -> bytes:
-    """Assemble a reply; if it exceeds ``limit``, send it truncated (TC, no answers)."""
-    head, body = (v[3 + rd], v[5]) if query.edns else (v[rd], v[2])
-    if wire.HEADER_LEN + len(query.question) + len(body) <= limit:
-        return qid + head + query.question + body
+def _render(qid: bytes, rd: int, query: wire.Query, v: Variant, limit: int, scope: int) -> bytes:
+    """Assemble a reply; if it exceeds ``limit``, send it truncated (TC, no records)."""
+    if not query.edns:
+        head, body, opt = v[rd], v[2], b""
+    elif query.ecs is None:
+        head, body, opt = v[3 + rd], v[2], wire.OPT
+    else:
+        head, body, opt = v[3 + rd], v[2], wire.opt_rr(0, query.ecs.option(scope))
+    if wire.HEADER_LEN + len(query.question) + len(body) + len(opt) <= limit:
+        return qid + head + query.question + body + opt
     tc_head = wire.header_tail(flags=head[0] | wire.TC, rcode=head[1], ancount=0, arcount=1 if query.edns else 0)
-    return qid + tc_head + query.question + (wire.OPT if query.edns else b"")
+    return qid + tc_head + query.question + opt
 
 
 def _error(qid: bytes, flags: int, rcode: int, query: wire.Query | None, *, echo: bool = True) -> bytes:

@@ -53,7 +53,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
-            reply = self._answer(data)
+            reply = self._answer(data, False, addr)
         except Exception:  # never let one packet hurt the listener
             log.exception("dns_answer_failed", size=len(data))
             return
@@ -94,9 +94,11 @@ class TcpProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._peer: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._peer = transport.get_extra_info("peername")
         if len(self._conns.open) >= self._conns.limit:
             transport.abort()  # type: ignore[attr-defined]
             return
@@ -121,7 +123,7 @@ class TcpProtocol(asyncio.Protocol):
             message = bytes(buf[2 : 2 + size])
             del buf[: 2 + size]
             try:
-                reply = self._answer(message, True)
+                reply = self._answer(message, True, self._peer)
             except Exception:
                 log.exception("dns_answer_failed", size=size)
                 reply = None

@@ -1,192 +1,42 @@
-"""The edge's answer table: AnswerSets compiled, on arrival, into ready wire responses (no I/O).
+"""The edge's answer table: compiled domains and the fast-path dict (no I/O).
 
-A response to a known name is ``id + head + question + body``: the question is
-copied from the query as sent, everything else is precomputed here.  A
-:data:`Variant` holds the heads (RD clear / RD set) and body, without and with
-EDNS; an :class:`Answer` cycles through its variants (rotations of a
-round-robin group, a weighted table of single records, or groups by weight).
+The fast path looks a query's question (lower-cased name, type, class) up in
+one dict; it holds the common query types of every domain whose response fits
+512 bytes with EDNS, and whose answer does not depend on where the client is.
+Everything else goes through :meth:`AnswerTable.lookup` on the slow path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
-import random
 import struct
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from services.edge import wire
-from shared.messages import AnswerGroup, AnswerSet
+from services.edge.compile import REFUSED, Answer, Compiled, Picker, compile_answer_set
+from services.edge.topology import EMPTY, RegionMap
+from services.edge.zone import Zone
+from shared.messages import AnswerSet
 
-# (head rd=0, head rd=1, body, edns head rd=0, edns head rd=1, edns body)
-Variant = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
-Picker = Callable[[], Variant]
-
-# Query types whose responses sit in the fast-path dicts; others take the slow path.
-FAST_QTYPES = (1, 2, 5, 6, 12, 15, 16, 28, 33, 64, 65, 255, 257)
-MAX_TTL = 2**31 - 1
-MAX_TABLE = 10_000  # cap on a weighted table's length
-
-
-def make_variant(*, rcode: int, aa: bool, rrs: Sequence[bytes] = ()) -> Variant:
-    """Precompute the heads and bodies of one response, without and with EDNS."""
-    flags = wire.QR | (wire.AA if aa else 0)
-    body = b"".join(rrs)
-    an = len(rrs)
-    return (
-        wire.header_tail(flags=flags, rcode=rcode, ancount=an, arcount=0),
-        wire.header_tail(flags=flags | wire.RD, rcode=rcode, ancount=an, arcount=0),
-        body,
-        wire.header_tail(flags=flags, rcode=rcode, ancount=an, arcount=1),
-        wire.header_tail(flags=flags | wire.RD, rcode=rcode, ancount=an, arcount=1),
-        body + wire.OPT,
-    )
-
-
-class Answer:
-    """A response for one name: ``pick()`` returns the variant for the next query."""
-
-    __slots__ = ("max_body", "pick")
-
-    def __init__(self, pick: Picker, variants: Sequence[Variant]) -> None:
-        self.pick = pick
-        self.max_body = max(len(v[5]) for v in variants)  # EDNS body: the longest
-
-    @classmethod
-    def fixed(cls, variant: Variant) -> Answer:
-        """An answer that never changes."""
-        return cls(itertools.repeat(variant).__next__, [variant])
-
-
-REFUSED = Answer.fixed(make_variant(rcode=wire.REFUSED, aa=False))
-NODATA = Answer.fixed(make_variant(rcode=wire.NOERROR, aa=True))
-
-
-class Compiled(NamedTuple):
-    """One domain's responses: per query type, and a default for the other types."""
-
-    domain: str
-    name: bytes  # lower-case wire name
-    by_qtype: dict[int, Answer]
-    default: Answer
-    skipped: tuple[str, ...] = ()  # records that could not be encoded
-
-
-def weighted_table(weights: Sequence[int]) -> list[int]:
-    """Indices repeated by weight (reduced by their gcd), shuffled: cycle it to choose by weight."""
-    ws = [max(0, int(w)) for w in weights]
-    if not any(ws):
-        ws = [1] * len(ws)
-    g = math.gcd(*ws)
-    ws = [w // g for w in ws]
-    total = sum(ws)
-    if total > MAX_TABLE:
-        ws = [max(1, w * MAX_TABLE // total) if w else 0 for w in ws]
-    table = [i for i, w in enumerate(ws) for _ in range(w)]
-    random.shuffle(table)
-    return table
-
-
-def _rotations(n: int) -> list[int]:
-    """Rotation start indices 0..n-1, from a random first one (edges need not agree)."""
-    start = random.randrange(n)
-    return [(start + i) % n for i in range(n)]
-
-
-def _encode_group(group: AnswerGroup, rtype: int, ttl: int, skipped: list[str]) -> tuple[list[bytes], list[int]]:
-    """Encode a group's records as answer RRs with their weights; collect bad records."""
-    rrs: list[bytes] = []
-    weights: list[int] = []
-    padded = list(group.record_weights) + [1] * (len(group.records) - len(group.record_weights))
-    for record, weight in zip(group.records, padded, strict=False):
-        try:
-            rrs.append(wire.answer_rr(rtype, ttl, wire.rdata(rtype, record)))
-        except wire.Malformed:
-            skipped.append(record)
-            continue
-        weights.append(weight)
-    return rrs, weights
-
-
-def _group_answer(group: AnswerGroup, rrs: list[bytes], weights: list[int], cname: bool) -> Answer:
-    """Variants of one group and the order to cycle through them."""
-    if group.record_weights:
-        variants = [make_variant(rcode=wire.NOERROR, aa=True, rrs=[rr]) for rr in rrs]
-        order = weighted_table(weights)
-    elif group.rotate and len(rrs) > 1:
-        variants = [
-            make_variant(rcode=wire.NOERROR, aa=True, rrs=(rrs[i:] + rrs[:i])[: 1 if cname else None])
-            for i in range(len(rrs))
-        ]
-        order = _rotations(len(rrs))
-    else:
-        variants = [make_variant(rcode=wire.NOERROR, aa=True, rrs=rrs[:1] if cname else rrs)]
-        order = [0]
-    if len(order) == 1:
-        return Answer.fixed(variants[order[0]])
-    return Answer(itertools.cycle([variants[i] for i in order]).__next__, variants)
-
-
-def _by_weight(answers: list[Answer], weights: list[int]) -> Answer:
-    """Choose one of several group answers per query, by group weight."""
-    if len(answers) == 1:
-        return answers[0]
-    order = itertools.cycle(weighted_table(weights)).__next__
-    picks = [a.pick for a in answers]
-
-    def pick() -> Variant:
-        return picks[order()]()
-
-    answer = Answer(pick, [make_variant(rcode=0, aa=True)])
-    answer.max_body = max(a.max_body for a in answers)
-    return answer
-
-
-def compile_answer_set(aset: AnswerSet) -> Compiled:
-    """Compile one AnswerSet; raise :class:`wire.Malformed` if its name or type is unusable."""
-    name = wire.name_to_wire(aset.domain)
-    domain = aset.domain.rstrip(".").lower()
-    refuse_xfr = {wire.TYPE_AXFR: REFUSED, wire.TYPE_IXFR: REFUSED}
-    if not aset.enabled:
-        return Compiled(domain, name, {}, REFUSED)
-    rtype = wire.RECORD_TYPES.get(aset.record_type.upper())
-    if rtype is None:
-        raise wire.Malformed(f"unsupported record type {aset.record_type!r}")
-    ttl = min(max(aset.ttl, 0), MAX_TTL)
-    skipped: list[str] = []
-    answers: list[Answer] = []
-    group_weights: list[int] = []
-    for group in aset.groups:
-        rrs, weights = _encode_group(group, rtype, ttl, skipped)
-        if rrs:
-            answers.append(_group_answer(group, rrs, weights, rtype == wire.TYPE_CNAME))
-            group_weights.append(group.weight)
-    if not answers:
-        return Compiled(domain, name, refuse_xfr, NODATA, tuple(skipped))
-    answer = _by_weight(answers, group_weights)
-    if rtype == wire.TYPE_CNAME:
-        return Compiled(domain, name, refuse_xfr, answer, tuple(skipped))
-    by_qtype = {**refuse_xfr, rtype: answer, wire.TYPE_ANY: answer}
-    return Compiled(domain, name, by_qtype, NODATA, tuple(skipped))
-
-
-_QTAIL = struct.Struct("!HH")
+# Query types answered on the fast path (others parse the packet): what resolvers ask most.
+FAST_QTYPES = (wire.TYPE_A, wire.TYPE_AAAA, 65)  # 65: HTTPS, asked beside A and AAAA by browsers
+_FAST_TAILS = tuple((qtype, struct.pack("!HH", qtype, wire.CLASS_IN)) for qtype in FAST_QTYPES)
+_CNAME_TAIL = struct.pack("!HH", wire.TYPE_CNAME, wire.CLASS_IN)  # CNAME domains answer it too
+_ROOM = wire.MIN_PAYLOAD - wire.HEADER_LEN - 4  # for the name and the EDNS body
 
 
 class AnswerTable:
-    """Compiled domains plus the fast-path dicts keyed by the lower-cased question bytes.
+    """Compiled domains, the fast-path dict keyed by lower-cased question bytes, zone and topology.
 
-    ``plain`` and ``edns`` only hold responses that fit 512 bytes, so the fast
-    path never needs to truncate.  The dicts are mutated in place, never
-    replaced, so a responder may keep references to them.
+    ``fast`` is mutated in place, never replaced, so a responder may keep a
+    reference to it.  ``regions`` is replaced whole when the topology changes.
     """
 
-    def __init__(self) -> None:
-        self.plain: dict[bytes, Picker] = {}
-        self.edns: dict[bytes, Picker] = {}
+    def __init__(self, zone: Zone | None = None) -> None:
+        self.fast: dict[bytes, Picker] = {}
         self.names: dict[bytes, Compiled] = {}
+        self.zone = zone
+        self.regions: RegionMap = EMPTY
+        self._below: dict[bytes, int] = {}  # names of the zone -> how many domains lie below them
 
     def __len__(self) -> int:
         return len(self.names)
@@ -197,27 +47,71 @@ class AnswerTable:
             self.remove(aset.domain)
             return None
         compiled = compile_answer_set(aset)
-        self._drop(compiled.name)
-        self.names[compiled.name] = compiled
-        for qtype in FAST_QTYPES:
-            answer = compiled.by_qtype.get(qtype, compiled.default)
-            key = (compiled.name + _QTAIL.pack(qtype, wire.CLASS_IN)).lower()
-            size = wire.HEADER_LEN + len(key) + answer.max_body
-            if size <= wire.MIN_PAYLOAD:
-                self.edns[key] = answer.pick
-            if size - len(wire.OPT) <= wire.MIN_PAYLOAD:
-                self.plain[key] = answer.pick
+        name = compiled.name
+        if self.zone is not None and self.zone.contains(name):
+            compiled.nodata = self.zone.nodata  # NODATA inside the zone carries its SOA
+        if self.names.get(name) is None:
+            self._count(name, 1)
+        else:
+            self._drop_fast(name)
+        self.names[name] = compiled
+        if compiled.rtype:
+            self._add_fast(compiled)
         return compiled
 
-    def remove(self, domain: str) -> None:
-        """Forget a domain (its name is then REFUSED)."""
-        with contextlib.suppress(wire.Malformed):
-            self._drop(wire.name_to_wire(domain))
+    def _add_fast(self, compiled: Compiled) -> None:
+        """Put the fast-path responses of a domain in ``fast`` (those that fit and ignore the client)."""
+        name, rtype, nodata = compiled.name, compiled.rtype, compiled.nodata
+        answer: Answer | None = compiled.answer
+        if answer is None:
+            answer = nodata  # no records: NODATA whatever the type
+        elif compiled.by_region is not None:
+            answer = None  # depends on the client's location: slow path
+        cname = rtype == wire.TYPE_CNAME
+        room = _ROOM - len(name)
+        fast = self.fast
+        for qtype, tail in _FAST_TAILS:
+            chosen = answer if cname or qtype == rtype else nodata
+            if chosen is not None and chosen.max_body <= room:
+                fast[name + tail] = chosen.pick
+        if cname and answer is not None and answer.max_body <= room:
+            fast[name + _CNAME_TAIL] = answer.pick
 
-    def _drop(self, name: bytes) -> None:
-        if self.names.pop(name, None) is None:
+    def remove(self, domain: str) -> None:
+        """Forget a domain (its name is then REFUSED, or NXDOMAIN inside the zone)."""
+        with contextlib.suppress(wire.Malformed):
+            name = wire.name_to_wire(domain)
+            if self.names.pop(name, None) is not None:
+                self._drop_fast(name)
+                self._count(name, -1)
+
+    def lookup(self, name: bytes, qtype: int) -> tuple[Answer, Compiled | None]:
+        """The location-independent answer for a lower-case wire ``name`` and its domain (if any)."""
+        compiled = self.names.get(name)
+        zone = self.zone
+        if zone is not None:
+            # The apex's SOA and NS come from the zone, even when the apex is also an access domain.
+            if name == zone.name and qtype in zone.apex and (compiled is None or qtype != wire.TYPE_ANY):
+                return zone.apex[qtype], None
+            if compiled is None and zone.contains(name):
+                return zone.negative(name, qtype, self._below.get(name, 0) > 0), None
+        if compiled is not None:
+            return compiled.answer_for(qtype), compiled
+        return REFUSED, None
+
+    def _drop_fast(self, name: bytes) -> None:
+        for _, tail in _FAST_TAILS:
+            self.fast.pop(name + tail, None)
+        self.fast.pop(name + _CNAME_TAIL, None)
+
+    def _count(self, name: bytes, delta: int) -> None:
+        """Track the empty non-terminals of the zone (they answer NODATA, not NXDOMAIN)."""
+        if self.zone is None:
             return
-        for qtype in FAST_QTYPES:
-            key = (name + _QTAIL.pack(qtype, wire.CLASS_IN)).lower()
-            self.plain.pop(key, None)
-            self.edns.pop(key, None)
+        below = self._below
+        for ancestor in self.zone.ancestors(name):
+            count = below.get(ancestor, 0) + delta
+            if count > 0:
+                below[ancestor] = count
+            else:
+                below.pop(ancestor, None)

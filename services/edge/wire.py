@@ -6,8 +6,9 @@ read is bounds-checked and malformed input raises :class:`Malformed`.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
+from functools import lru_cache
 from typing import NamedTuple
 
 HEADER_LEN = 12
@@ -30,6 +31,7 @@ CLASS_IN = 1
 
 NOERROR = 0
 FORMERR = 1
+NXDOMAIN = 3
 NOTIMP = 4
 REFUSED = 5
 BADVERS = 16  # extended rcode: 1 in the OPT's upper bits, 0 in the header
@@ -41,6 +43,11 @@ MAX_NAME = 255
 
 RECORD_TYPES: dict[str, int] = {"A": TYPE_A, "AAAA": TYPE_AAAA, "CNAME": TYPE_CNAME}
 
+OPTION_ECS = 8  # EDNS Client Subnet, RFC 7871
+FAMILY_IPV4 = 1
+FAMILY_IPV6 = 2
+ADDRESS_BITS = {FAMILY_IPV4: 32, FAMILY_IPV6: 128}
+
 _U16 = struct.Struct("!H")
 _COUNTS = struct.Struct("!HHHH")
 _RR_FIXED = struct.Struct("!HHHIH")  # pointer, type, class, ttl, rdlength
@@ -50,12 +57,15 @@ class Malformed(ValueError):
     """A packet cannot be parsed."""
 
 
-def opt_rr(ext_rcode: int = 0) -> bytes:
-    """Our OPT pseudo-RR: root name, payload 1232, version 0, no flags, no options."""
-    return b"\x00" + struct.pack("!HHBBHH", TYPE_OPT, EDNS_PAYLOAD, ext_rcode, 0, 0, 0)
+def opt_rr(ext_rcode: int = 0, options: bytes = b"") -> bytes:
+    """Our OPT pseudo-RR: root name, payload 1232, version 0, no flags, ``options`` as given."""
+    return b"\x00" + struct.pack("!HHBBHH", TYPE_OPT, EDNS_PAYLOAD, ext_rcode, 0, 0, len(options)) + options
 
 
 OPT = opt_rr()
+
+
+_LABEL_LEN = [bytes((n,)) for n in range(64)]
 
 
 def name_to_wire(name: str) -> bytes:
@@ -63,31 +73,37 @@ def name_to_wire(name: str) -> bytes:
     text = name.strip().rstrip(".").lower()
     if not text:
         return b"\x00"
-    out = bytearray()
-    for label in text.split("."):
-        try:
-            raw = label.encode("ascii")
-        except UnicodeEncodeError:
-            raise Malformed(f"non-ASCII name {name!r}") from None
-        if not 0 < len(raw) <= 63:
-            raise Malformed(f"bad label in {name!r}")
-        out.append(len(raw))
-        out += raw
-    out.append(0)
+    try:
+        labels = text.encode("ascii").split(b".")
+    except UnicodeEncodeError:
+        raise Malformed(f"non-ASCII name {name!r}") from None
+    try:
+        out = b"".join([_LABEL_LEN[len(label) or 64] + label for label in labels]) + b"\x00"
+    except IndexError:
+        raise Malformed(f"bad label in {name!r}") from None
     if len(out) > MAX_NAME:
         raise Malformed(f"name too long: {name!r}")
-    return bytes(out)
+    return out
+
+
+def wire_to_text(name: bytes) -> str:
+    """A wire name (uncompressed, as :func:`scan_name` checked it) as dotted text, for logs."""
+    labels, pos = [], 0
+    while name[pos]:
+        labels.append(name[pos + 1 : pos + 1 + name[pos]].decode("ascii", "backslashreplace"))
+        pos += 1 + name[pos]
+    return ".".join(labels) + "."
 
 
 def rdata(rtype: int, value: str) -> bytes:
     """Encode the rdata of an A, AAAA or CNAME record; raise :class:`Malformed` if invalid."""
     try:
         if rtype == TYPE_A:
-            return ipaddress.IPv4Address(value).packed
+            return socket.inet_pton(socket.AF_INET, value)
         if rtype == TYPE_AAAA:
-            return ipaddress.IPv6Address(value).packed
-    except ValueError as exc:
-        raise Malformed(str(exc)) from None
+            return socket.inet_pton(socket.AF_INET6, value)
+    except (OSError, ValueError):
+        raise Malformed(f"{value!r} is not a valid {'IPv4' if rtype == TYPE_A else 'IPv6'} address") from None
     if rtype == TYPE_CNAME:
         return name_to_wire(value)
     raise Malformed(f"unsupported record type {rtype}")
@@ -98,9 +114,32 @@ def answer_rr(rtype: int, ttl: int, data: bytes) -> bytes:
     return _RR_FIXED.pack(0xC000 | HEADER_LEN, rtype, CLASS_IN, ttl, len(data)) + data
 
 
-def header_tail(*, flags: int, rcode: int, ancount: int, arcount: int, qdcount: int = 1) -> bytes:
-    """Header bytes 2..11 (flags, rcode and counts) of a response."""
-    return bytes((flags, rcode & 0x0F)) + _COUNTS.pack(qdcount, ancount, 0, arcount)
+def rr(owner: bytes, rtype: int, ttl: int, data: bytes) -> bytes:
+    """One RR with an uncompressed wire ``owner`` (e.g. the zone's SOA in an authority section)."""
+    return owner + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(data)) + data
+
+
+@lru_cache(maxsize=4096)
+def header_tail(*, flags: int, rcode: int, ancount: int, arcount: int, qdcount: int = 1, nscount: int = 0) -> bytes:
+    """Header bytes 2..11 (flags, rcode and counts) of a response (cached: shared, immutable)."""
+    return bytes((flags, rcode & 0x0F)) + _COUNTS.pack(qdcount, ancount, nscount, arcount)
+
+
+class ClientSubnet(NamedTuple):
+    """An EDNS Client Subnet option of a query (RFC 7871), as sent."""
+
+    family: int  # FAMILY_IPV4 | FAMILY_IPV6
+    source: int  # SOURCE PREFIX-LENGTH
+    address: bytes  # ADDRESS: ceil(source / 8) bytes
+
+    def option(self, scope: int) -> bytes:
+        """The option to echo in the response, with SCOPE PREFIX-LENGTH ``scope``."""
+        body = struct.pack("!HBB", self.family, self.source, scope) + self.address
+        return struct.pack("!HH", OPTION_ECS, len(body)) + body
+
+    def padded(self) -> bytes:
+        """The address zero-padded to the family's full length (4 or 16 bytes)."""
+        return self.address.ljust(ADDRESS_BITS[self.family] // 8, b"\x00")
 
 
 class Query(NamedTuple):
@@ -112,6 +151,8 @@ class Query(NamedTuple):
     edns: bool
     payload: int
     version: int
+    ecs: ClientSubnet | None = None
+    ecs_error: str = ""  # why the ECS option is malformed (answer FORMERR), "" when it is not
 
 
 def scan_name(data: bytes, pos: int) -> int:
@@ -163,32 +204,68 @@ def _read_rr(data: bytes, pos: int) -> tuple[int, int, int, int, int]:
     return rtype, rclass, ttl, fixed_end, fixed_end + rdlen
 
 
-def _check_options(data: bytes, pos: int, end: int) -> None:
-    """Walk EDNS options (all ignored) to check they are well formed."""
+def parse_ecs(value: bytes) -> ClientSubnet:
+    """Parse an ECS option's value; raise :class:`ValueError` with the reason if malformed (RFC 7871 6)."""
+    if len(value) < 4:
+        raise ValueError("ECS option shorter than 4 bytes")
+    family, source, scope = struct.unpack_from("!HBB", value)
+    bits = ADDRESS_BITS.get(family)
+    if bits is None:
+        raise ValueError(f"unknown ECS family {family}")
+    if source > bits:
+        raise ValueError(f"ECS source prefix /{source} too long")
+    if scope:
+        raise ValueError("ECS scope prefix must be 0 in a query")
+    address = value[4:]
+    if len(address) != (source + 7) // 8:
+        raise ValueError("ECS address length does not match its source prefix")
+    if source % 8 and address[-1] & (0xFF >> (source % 8)):
+        raise ValueError("ECS address has bits set beyond its source prefix")
+    return ClientSubnet(family, source, address)
+
+
+def _read_options(data: bytes, pos: int, end: int) -> tuple[ClientSubnet | None, str]:
+    """Walk EDNS options (others ignored) checking their framing; return (ECS, ECS error)."""
+    ecs, error = None, ""
     while pos < end:
         if pos + 4 > end:
             raise Malformed("truncated EDNS option")
-        (length,) = _U16.unpack_from(data, pos + 2)
+        code, length = struct.unpack_from("!HH", data, pos)
         pos += 4 + length
+        if code == OPTION_ECS and pos <= end and not error:
+            try:
+                if ecs is not None:
+                    raise ValueError("more than one ECS option")
+                ecs = parse_ecs(data[pos - length : pos])
+            except ValueError as exc:
+                ecs, error = None, str(exc)
     if pos != end:
         raise Malformed("EDNS option overruns the OPT record")
+    return ecs, error
 
 
-def parse_sections(data: bytes, pos: int, skip: int, additional: int) -> tuple[bool, int, int]:
-    """Skip ``skip`` RRs, then read the additional section: return (edns, payload, version)."""
+class _Edns(NamedTuple):
+    edns: bool = False
+    payload: int = MIN_PAYLOAD
+    version: int = 0
+    ecs: ClientSubnet | None = None
+    ecs_error: str = ""
+
+
+def parse_sections(data: bytes, pos: int, skip: int, additional: int) -> _Edns:
+    """Skip ``skip`` RRs, then read the additional section's OPT (if any)."""
     for _ in range(skip):
         pos = _read_rr(data, pos)[4]
-    edns, payload, version = False, MIN_PAYLOAD, 0
+    found = _Edns()
     for _ in range(additional):
         owner = pos
         rtype, rclass, ttl, rd_start, pos = _read_rr(data, pos)
         if rtype != TYPE_OPT:
             continue  # e.g. TSIG: not supported, not fatal
-        if edns or data[owner] != 0:
+        if found.edns or data[owner] != 0:
             raise Malformed("second OPT or OPT not at the root")
-        _check_options(data, rd_start, pos)
-        edns, payload, version = True, rclass, (ttl >> 16) & 0xFF
-    return edns, payload, version
+        found = _Edns(True, rclass, (ttl >> 16) & 0xFF, *_read_options(data, rd_start, pos))
+    return found
 
 
 def parse_query(data: bytes) -> Query:
@@ -201,8 +278,7 @@ def parse_query(data: bytes) -> Query:
     if q_end > len(data):
         raise Malformed("truncated question")
     qtype, qclass = struct.unpack_from("!HH", data, name_end)
-    edns, payload, version = parse_sections(data, q_end, ancount + nscount, arcount)
-    return Query(data[HEADER_LEN:q_end], qtype, qclass, edns, payload, version)
+    return Query(data[HEADER_LEN:q_end], qtype, qclass, *parse_sections(data, q_end, ancount + nscount, arcount))
 
 
 def udp_limit(query: Query) -> int:
