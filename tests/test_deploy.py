@@ -190,3 +190,16 @@ def test_k8s_runs_two_schedulers_and_takes_the_api_token_from_a_secret() -> None
     config = _by_kind("Deployment")["config"]["spec"]["template"]["spec"]["containers"][0]
     token = next(e for e in config["env"] if e["name"] == "GTM_API_TOKEN")
     assert token["valueFrom"]["secretKeyRef"]["name"] in _by_kind("Secret")
+
+
+def test_grafana_dashboard_only_uses_metrics_the_services_define() -> None:
+    import json
+
+    dash = json.loads((ROOT / "deploy" / "grafana" / "gtm-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(gtm_[a-z_]+?)(?:_bucket|_count|_sum)?\b[\[{)]", e)}
+    source = "".join(p.read_text() for p in [*ROOT.glob("services/*/*.py"), *ROOT.glob("shared/*.py")])
+    defined = set(re.findall(r'"(gtm_[a-z_]+)"', source))
+    assert used, "no metrics found in the dashboard"
+    missing = {m.removesuffix("_total") for m in used} - {d.removesuffix("_total") for d in defined}
+    assert not missing, f"dashboard uses undefined metrics: {sorted(missing)}"

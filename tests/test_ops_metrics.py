@@ -91,3 +91,29 @@ def test_config_counts_requests_by_route_and_status(nats_url: str, log_dir: Path
         assert "gtm_nats_connected 1.0" in text
     finally:
         svc.stop()
+
+
+def test_edge_counts_queries_by_domain_type_and_rcode(nats_url: str, log_dir: Path) -> None:
+    import asyncio
+
+    from tests.bench.common import answer, publish
+    from tests.support import dns_query
+
+    asyncio.run(publish(nats_url, [answer("www.example.com", ["192.0.2.1"])]))
+    dns_port, port = free_port(), free_port()
+    env = {"NATS_URL": nats_url, "GTM_DNS_LISTEN": f"127.0.0.1:{dns_port}", "GTM_METRICS_LISTEN": f"127.0.0.1:{port}"}
+    svc = Service("edge", env, log_dir).start()
+    try:
+        svc.wait_for_event("service_ready")
+        for _ in range(3):
+            dns_query(dns_port, "WWW.example.com")
+        dns_query(dns_port, "www.example.com", "TXT")
+        dns_query(dns_port, "unknown.example.org")
+        status, text = _get(port, "/metrics")
+        assert status == 200
+        assert 'gtm_edge_queries_total{domain="www.example.com",rcode="NOERROR",type="A"} 3.0' in text
+        assert 'gtm_edge_queries_total{domain="www.example.com",rcode="NOERROR",type="TXT"} 1.0' in text
+        assert 'gtm_edge_queries_total{domain="other",rcode="REFUSED",type="A"} 1.0' in text
+        assert _get(port, "/readyz")[0] == 200
+    finally:
+        svc.stop()

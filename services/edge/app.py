@@ -13,9 +13,10 @@ import structlog
 from services.edge.feed import AnswerFeed, TopologyFeed
 from services.edge.responder import Responder
 from services.edge.server import DnsListener
+from services.edge.stats import QueryCounts, register_collector
 from services.edge.table import AnswerTable
 from services.edge.zone import Zone
-from shared import bus
+from shared import bus, ops
 from shared.settings import Settings, split_host_port
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,9 @@ async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[
         if nc is None:
             return
         stack.push_async_callback(bus.close, nc)
+        ops.watch_nats(nc)
+        listening = asyncio.Event()
+        await stack.enter_async_context(ops.serve(settings.metrics_listen, ready=listening.is_set))
         js = nc.jetstream()
         feed = AnswerFeed(js, table)
         topology: list[TopologyFeed] = []
@@ -89,8 +93,11 @@ async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[
         log.info("snapshot_loaded", domains=len(table), seconds=round(time.monotonic() - started, 3))
         if table.zone is not None:
             log.info("zone_served", zone=table.zone.text)
-        listener = DnsListener(Responder(table), host, port)
+        counts = QueryCounts()
+        register_collector(counts, table)
+        listener = DnsListener(Responder(table, counts), host, port)
         await listener.start()
         stack.push_async_callback(listener.stop)
+        listening.set()
         on_ready(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         await stop.wait()

@@ -13,6 +13,7 @@ import struct
 
 from services.edge import wire
 from services.edge.compile import REFUSED, Variant
+from services.edge.stats import QueryCounts
 from services.edge.table import AnswerTable
 
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -25,11 +26,13 @@ _NOT_PLAIN_QUERY = wire.QR | wire.OPCODE_MASK
 class Responder:
     """Answers queries from an :class:`AnswerTable` (which it reads live)."""
 
-    __slots__ = ("_fast", "_table")
+    __slots__ = ("_counted", "_counts", "_fast", "_table")
 
-    def __init__(self, table: AnswerTable) -> None:
+    def __init__(self, table: AnswerTable, counts: QueryCounts | None = None) -> None:
         self._table = table
         self._fast = table.fast
+        self._counts = counts if counts is not None else QueryCounts()
+        self._counted = self._counts.fast
 
     def answer(self, data: bytes, tcp: bool = False, client: object = None) -> bytes | None:
         """The reply to ``data`` (from ``client``, a socket address), or None when it deserves silence."""
@@ -37,17 +40,26 @@ class Responder:
             counts = data[4:12]
             if counts == _PLAIN_COUNTS:
                 question = data[12:]
-                pick = self._fast.get(question.lower())
+                key = question.lower()
+                pick = self._fast.get(key)
                 if pick is not None:
+                    counted = self._counted
+                    counted[key] = counted.get(key, 0) + 1
                     v = pick()
                     return data[:2] + v[data[2] & 1] + question + v[2]
             elif counts == _EDNS_COUNTS and data[-11:-8] == _OPT_START and not data[-5] and data[-2:] == _NO_RDATA:
                 question = data[12:-11]
-                pick = self._fast.get(question.lower())
+                key = question.lower()
+                pick = self._fast.get(key)
                 if pick is not None:
+                    counted = self._counted
+                    counted[key] = counted.get(key, 0) + 1
                     v = pick()
                     return data[:2] + v[3 + (data[2] & 1)] + question + v[5]
-        return self.answer_slow(data, tcp, client)
+        reply = self.answer_slow(data, tcp, client)
+        if reply is not None:
+            self._counts.count_reply(reply)
+        return reply
 
     def answer_slow(self, data: bytes, tcp: bool = False, client: object = None) -> bytes | None:
         """The reply to ``data`` after parsing it fully (any packet, any shape)."""

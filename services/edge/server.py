@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from typing import Any
 
 import structlog
 
 from services.edge.responder import Responder
+from services.edge.stats import ANSWER_SECONDS, LATENCY_SAMPLE
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +42,9 @@ def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
     return sock
 
 
+UDP_SECONDS = ANSWER_SECONDS.labels("udp")
+
+
 class UdpProtocol(asyncio.DatagramProtocol):
     """Answers each datagram at once, sending straight on the socket."""
 
@@ -47,11 +52,21 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self._answer = responder.answer
         self._sendto = sock.sendto
         self._transport: asyncio.DatagramTransport | None = None
+        self._n = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._n += 1
+        if not self._n % LATENCY_SAMPLE:
+            started = time.perf_counter()
+            self._reply(data, addr)
+            UDP_SECONDS.observe(time.perf_counter() - started)
+            return
+        self._reply(data, addr)
+
+    def _reply(self, data: bytes, addr: Any) -> None:
         try:
             reply = self._answer(data, False, addr)
         except Exception:  # never let one packet hurt the listener
