@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.gtmctl import document
+from shared import document
 from services.gtmctl.cli import main
 from tests.support import Api, Service, free_port
 

@@ -1,9 +1,29 @@
 """``config.apply``: the REST API's writes and reads over NATS request/reply, same validation and errors.
 
-Request: ``{"method": "PUT", "path": "/api/v1/pools/Primary-DC", "body": {...}, "if_match": "3"}``
+Two request forms, told apart by the ``document`` key.
+
+One REST call: ``{"method": "PUT", "path": "/api/v1/pools/Primary-DC", "body": {...}, "if_match": "3"}``
 (``path`` may omit ``/api/v1``; every resource of the REST API can be reached).  Reply:
 ``{"status": 201, "body": {...}}`` where ``body`` is what the REST API would answer (the error
 body for a status >= 400, null for 204).  The REST handlers run through :func:`execute` too.
+
+A whole document, as ``gtmctl apply`` takes it (:mod:`shared.document`, gtm.yaml as JSON):
+``{"document": {"pools": {...}, "domains": {...}}, "prune": false, "dry_run": false}``.  The plan
+against the store is :func:`shared.document.plan`, exactly as gtmctl computes it.  Every change is
+checked first with the store's own decoding and validation, as if the earlier changes of the plan
+were already written; only when all pass are they written, in dependency order (health templates,
+pools, domains, alert targets, topology; prunes in reverse) through the same store writes as the
+REST API (operation events, revisions, 409 for a resource in use).  Replies:
+
+- ``{"status": 200, "body": {"changes": [{"action", "kind", "name"}], "dry_run": bool}}``
+  (``changes`` empty when the store already matches; with ``dry_run`` nothing is written);
+- ``{"status": 400|404|409|412, "body": {"error": {"code", "message", "field"}}}`` when a change is
+  refused: nothing was written.  ``field`` is the REST API's field prefixed with the document kind
+  and resource name: ``pools.Primary-DC.addresses[0].address``, ``domains.www.example.com.ttl``,
+  ``topology.entries[0].cidr``; just ``pools.Backup-DC`` when the REST error names no field (a
+  409), ``document`` when the document itself is malformed;
+- when a write fails after others succeeded (a concurrent writer, NATS away), the error body
+  also lists ``"applied": [{"action", "kind", "name"}]``, the changes that were written.
 """
 
 from __future__ import annotations
@@ -17,9 +37,17 @@ import nats.errors
 import structlog
 from msgspec import Struct
 
-from services.config.documents import API_BASE, COLLECTIONS, Kind, render
+from services.config.documents import (
+    API_BASE,
+    COLLECTIONS,
+    Kind,
+    decode,
+    parse_json,
+    render,
+)
 from services.config.errors import (
     ApiError,
+    Conflict,
     InvalidArgument,
     MethodNotAllowed,
     NotFound,
@@ -27,6 +55,8 @@ from services.config.errors import (
     from_decode_error,
 )
 from services.config.store import ConfigStore, Stored
+from shared import document
+from shared.resources import HealthCheck
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +91,22 @@ class Outcome:
     revision: int | None = None
 
 
+class DocumentRequest(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A whole config document sent on ``config.apply``: make the store match it."""
+
+    document: Any
+    prune: bool = False
+    dry_run: bool = False
+
+
 request_decoder = msgspec.json.Decoder(ApplyRequest)
+document_decoder = msgspec.json.Decoder(DocumentRequest)
+_peek_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+# document kind ("pools", "health_templates", ...) -> the store's Kind, in the order changes apply.
+DOC_KINDS: dict[str, Kind] = {name: COLLECTIONS[spec[0]] for name, spec in document.KINDS.items()} | {
+    name: COLLECTIONS[spec[0]] for name, spec in document.SINGLETONS.items()
+}
 
 
 def parse_path(path: str) -> tuple[Kind, str | None]:
@@ -115,13 +160,163 @@ async def apply(store: ConfigStore, req: ApplyRequest) -> ApplyReply:
 
 
 async def handle(store: ConfigStore, data: bytes) -> bytes:
-    """Decode one ``config.apply`` request, run it, encode the reply."""
+    """Decode one ``config.apply`` request (a REST call or a document), run it, encode the reply."""
     try:
-        req = request_decoder.decode(data)
+        peek = _peek_decoder.decode(data)
+    except msgspec.DecodeError:
+        peek = {}
+    form = "document" if "document" in peek else "call"
+    try:
+        req = document_decoder.decode(data) if form == "document" else request_decoder.decode(data)
     except msgspec.DecodeError as exc:
         err = from_decode_error(exc)
         reply = ApplyReply(status=400, body=err.body())
     else:
-        reply = await apply(store, req)
-    log.info("config_apply", status=reply.status)
+        reply = await (apply_document(store, req) if isinstance(req, DocumentRequest) else apply(store, req))
+    log.info("config_apply", form=form, status=reply.status)
     return msgspec.json.encode(reply)
+
+
+# -- the document form -------------------------------------------------------------------
+
+
+async def apply_document(store: ConfigStore, req: DocumentRequest) -> ApplyReply:
+    """Check every change of the document's plan, then (unless ``dry_run``) write them all."""
+    try:
+        desired = canonical_names(_parse(req.document))
+        changes = document.plan(desired, await current_state(store), prune=req.prune)
+        await Preview(store).check_all(changes)
+    except ApiError as exc:
+        return ApplyReply(status=exc.status, body=exc.body())
+    except (TimeoutError, nats.errors.Error) as exc:
+        return ApplyReply(status=503, body=error_body("unavailable", f"NATS did not answer: {exc!r}"))
+    if req.dry_run:
+        return ApplyReply(status=200, body={"changes": _listed(changes), "dry_run": True})
+    applied: list[document.Change] = []
+    try:
+        for change in changes:
+            await _write(store, change)
+            applied.append(change)
+    except ApiError as exc:
+        return ApplyReply(status=exc.status, body={**exc.body(), "applied": _listed(applied)})
+    except (TimeoutError, nats.errors.Error) as exc:
+        body = error_body("unavailable", f"NATS did not answer: {exc!r}")
+        return ApplyReply(status=503, body={**body, "applied": _listed(applied)})
+    return ApplyReply(status=200, body={"changes": _listed(changes), "dry_run": False})
+
+
+def _parse(raw: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    try:
+        return document.from_mapping(raw)
+    except document.DocumentError as exc:
+        raise InvalidArgument(str(exc), "document") from None
+
+
+def canonical_names(desired: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The document with every resource under its canonical name (as the store keys it)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc_kind, items in desired.items():
+        kind, named = DOC_KINDS[doc_kind], {}
+        for name, body in items.items():
+            try:
+                canon = name if kind.singleton else kind.canonical(name)
+            except ApiError as exc:
+                raise located(exc, doc_kind, name) from None
+            if canon in named:
+                raise InvalidArgument(f"{kind.resource} {canon!r} is listed twice", f"{doc_kind}.{canon}")
+            named[canon] = body
+        out[doc_kind] = named
+    return out
+
+
+async def current_state(store: ConfigStore) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every stored resource as the REST API renders it, in the document's shape."""
+    state: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc_kind, kind in DOC_KINDS.items():
+        if kind.singleton:
+            found = await store.find(kind, kind.singleton)
+            state[doc_kind] = {"": _one(kind, found).body} if found else {}
+        else:
+            state[doc_kind] = {s.name: render(s.resource, s.name, s.revision) for s in await store.list_all(kind)}
+    return state
+
+
+def located(exc: ApiError, doc_kind: str, name: str) -> ApiError:
+    """The error with its field prefixed by the resource: ``pools.Primary-DC.addresses[0].address``."""
+    where = f"{doc_kind}.{name}" if name else doc_kind
+    exc.field = f"{where}.{exc.field}" if exc.field else where
+    return exc
+
+
+class Preview(ConfigStore):
+    """The store as it will be once the changes checked so far are written; it writes nothing.
+
+    It runs the store's own checks (decoding, preconditions, validation, resources in use), so a
+    document is refused with exactly the errors the REST calls would have met one by one.
+    """
+
+    def __init__(self, store: ConfigStore) -> None:
+        super().__init__(store.kv, store.js)
+        self._pending: dict[tuple[str, str], Stored | None] = {}  # None: deleted
+        self._lists: dict[str, list[Stored]] = {}
+
+    async def find(self, kind: Kind, name: str) -> Stored | None:
+        """The resource after the pending changes."""
+        if (kind.resource, name) in self._pending:
+            return self._pending[kind.resource, name]
+        return await super().find(kind, name)
+
+    async def list_all(self, kind: Kind) -> list[Stored]:
+        """Every resource of ``kind`` after the pending changes."""
+        if kind.resource not in self._lists:
+            self._lists[kind.resource] = await super().list_all(kind)
+        found = {s.name: s for s in self._lists[kind.resource]}
+        for (resource, name), stored in self._pending.items():
+            if resource == kind.resource:
+                found.pop(name, None)
+                if stored is not None:
+                    found[name] = stored
+        return sorted(found.values(), key=lambda s: s.name)
+
+    async def check_all(self, changes: list[document.Change]) -> None:
+        """Check each change in plan order; raise the first refusal, located in the document."""
+        for change in changes:
+            kind = DOC_KINDS[change.kind]
+            try:
+                await self.check(kind, kind.singleton or change.name, change)
+            except ApiError as exc:
+                raise located(exc, change.kind, change.name) from None
+
+    async def check(self, kind: Kind, name: str, change: document.Change) -> None:
+        """Check one change as the store's write would, then count it as done."""
+        if change.action == "delete":
+            await self._current(kind, name, if_match=None, body_revision=None, must_exist=True)
+            if users := await self._users(kind, name):
+                what = f"{kind.resource.replace('_', ' ')} {name!r}"
+                raise Conflict(f"{what} is used by {users}; remove it from there first")
+            self._pending[kind.resource, name] = None
+            return
+        body = msgspec.json.encode(change.body)
+        incoming = decode(kind, body)
+        current = await self._current(kind, name, if_match=None, body_revision=incoming.revision)
+        validated = await self._validate(kind, name, parse_json(body), incoming, current)
+        if isinstance(validated, HealthCheck):
+            await self._reresolved(name, validated)  # the pools made from it must stay valid
+        self._pending[kind.resource, name] = Stored(name, validated, current.revision if current else 0)
+
+
+async def _write(store: ConfigStore, change: document.Change) -> None:
+    """Write one checked change through the store (as the REST API does); errors are located."""
+    kind = DOC_KINDS[change.kind]
+    name = kind.singleton or change.name
+    try:
+        if change.action == "delete":
+            await store.delete(kind, name, if_match=None)
+        else:
+            await store.put(kind, name, msgspec.json.encode(change.body), if_match=None)
+    except ApiError as exc:
+        raise located(exc, change.kind, change.name) from None
+
+
+def _listed(changes: list[document.Change]) -> list[dict[str, str]]:
+    return [{"action": c.action, "kind": c.kind, "name": c.name} for c in changes]

@@ -9,8 +9,8 @@ import os
 import sys
 from typing import Any
 
-from services.gtmctl import document
 from services.gtmctl.client import ApiError, Client
+from shared import document
 
 ALIASES = {
     "pool": "pools", "pools": "pools", "domain": "domains", "domains": "domains",

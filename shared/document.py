@@ -1,7 +1,13 @@
-"""The declarative document of ``gtmctl apply`` and the plan that brings the API to it (pure)."""
+"""The declarative config document and the plan that brings a config to it (pure).
+
+One implementation for both writers of documents: ``gtmctl apply`` (over the REST API) and the
+config service's ``config.apply`` document form (over NATS).  A document maps each kind to its
+resources by name (or lists them with a ``name`` field); the topology is a single resource.
+"""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 from collections.abc import Mapping
@@ -46,6 +52,11 @@ def load(text: str) -> dict[str, dict[str, dict[str, Any]]]:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise DocumentError(f"not YAML or JSON: {exc}") from None
+    return from_mapping(raw)
+
+
+def from_mapping(raw: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """Check an already parsed document and give it as ``{kind: {name: body}}``."""
     if not isinstance(raw, Mapping):
         raise DocumentError("the document must be a mapping of kinds (pools, domains, ...)")
     unknown = set(raw) - set(KINDS) - set(SINGLETONS)
@@ -54,17 +65,25 @@ def load(text: str) -> dict[str, dict[str, dict[str, Any]]]:
     doc: dict[str, dict[str, dict[str, Any]]] = {}
     for kind, value in raw.items():
         if kind in SINGLETONS:
-            doc[kind] = {"": dict(value or {})}
+            doc[kind] = {"": _body(kind, value)}
         else:
             doc[kind] = _named(kind, value)
     return doc
+
+
+def _body(where: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise DocumentError(f"{where} must be a mapping of fields")
+    return dict(value)
 
 
 def _named(kind: str, value: Any) -> dict[str, dict[str, Any]]:
     if value is None:
         return {}
     if isinstance(value, Mapping):
-        return {str(k): dict(v or {}) for k, v in value.items()}
+        return {str(k): _body(f"{kind}.{k}", v) for k, v in value.items()}
     if isinstance(value, list):
         out: dict[str, dict[str, Any]] = {}
         for i, item in enumerate(value):
@@ -90,7 +109,7 @@ def normalize(kind: str, body: Mapping[str, Any]) -> Any:
 
 def _drop_resolved_checks(doc: Any) -> Any:
     """Compare a template-based check by its template and overrides only (the API resolves the rest)."""
-    for addr in doc.get("addresses", []) if isinstance(doc, dict) else []:
+    for addr in _addresses(doc):
         hc = addr.get("health_check")
         if isinstance(hc, dict) and hc.get("template"):
             keep = {"template", *hc.get("overrides", [])}
@@ -98,11 +117,17 @@ def _drop_resolved_checks(doc: Any) -> Any:
     return doc
 
 
+def _addresses(doc: Any) -> list[dict[str, Any]]:
+    """The address objects of a pool body (none when it is not shaped like one: the API will say)."""
+    addrs = doc.get("addresses") if isinstance(doc, dict) else None
+    return [a for a in addrs if isinstance(a, dict)] if isinstance(addrs, list) else []
+
+
 def _desired_check_overrides(body: dict[str, Any]) -> dict[str, Any]:
     """Record, like the API does, which fields a template-based check sets itself."""
-    body = json.loads(json.dumps(body))
-    for addr in body.get("addresses", []) or []:
-        hc = addr.get("health_check") if isinstance(addr, dict) else None
+    body = copy.deepcopy(body)
+    for addr in _addresses(body):
+        hc = addr.get("health_check")
         if isinstance(hc, dict) and hc.get("template"):
             hc.setdefault("overrides", sorted(k for k in hc if k not in ("template", "overrides")))
     return body
@@ -135,6 +160,6 @@ def plan(
 
 
 def _diff(before: Any, after: Any) -> str:
-    a = json.dumps(before, indent=2, sort_keys=True).splitlines()
-    b = json.dumps(after, indent=2, sort_keys=True).splitlines()
+    a = json.dumps(before, indent=2, sort_keys=True, default=str).splitlines()
+    b = json.dumps(after, indent=2, sort_keys=True, default=str).splitlines()
     return "\n".join(difflib.unified_diff(a, b, "current", "desired", lineterm="", n=2))
