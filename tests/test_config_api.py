@@ -253,7 +253,7 @@ async def test_invalid_pool_name_in_the_path_is_400_name(api: Client) -> None:
         ("PATCH", "/api/v1/pools/nope", 404, "not_found"),
         ("DELETE", "/api/v1/domains/nope.example.com", 404, "not_found"),
         ("GET", "/api/v1/nothing", 404, "not_found"),
-        ("GET", "/", 404, "not_found"),
+        ("GET", "/nothing", 404, "not_found"),  # "/" is the console now
         ("POST", "/api/v1/pools", 405, "method_not_allowed"),
         ("DELETE", "/api/v1/domains", 405, "method_not_allowed"),
         ("POST", "/api/v1/pools/x", 405, "method_not_allowed"),

@@ -16,6 +16,7 @@ from aiohttp.web_request import BaseRequest
 
 from services.config.apply import execute
 from services.config.backend import Backend, run_backend
+from services.config.console import setup_console
 from services.config.documents import (
     ALERT_TARGET,
     API_BASE,
@@ -36,7 +37,7 @@ from services.config.errors import (
 )
 from services.config.metrics import metrics_middleware
 from services.config.notifier import AlertPolicy, Notifier
-from services.config.security import OPEN_PATHS, token_ok
+from services.config.security import request_allowed
 from services.config.views import parse_events_query
 from shared import ops
 from shared.settings import Settings
@@ -90,9 +91,9 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With a token configured, require ``Authorization: Bearer <token>`` outside /healthz, /readyz."""
-    token = request.app[SETTINGS].api_token
-    if token and request.path not in OPEN_PATHS and not token_ok(request.headers.get("Authorization"), token):
+    """With a token configured, require the Bearer token outside /healthz, /readyz and the console's files."""
+    auth, query_token = request.headers.get("Authorization"), request.query.get("token")
+    if not request_allowed(request.path, auth, query_token, request.app[SETTINGS].api_token):
         raise Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
@@ -210,6 +211,7 @@ def create_app(
     app[NOTIFIER] = Notifier(alert_policy)
     app.cleanup_ctx.append(_nats_ctx)
     app.cleanup_ctx.append(_alerts_ctx)  # cleaned up first: before NATS is drained
+    setup_console(app, app[BACKEND])  # the console at / and its live stream
     app.add_routes(
         [
             web.get("/healthz", healthz, allow_head=False),

@@ -6,10 +6,14 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 
+from services.config.documents import API_BASE
 from shared.settings import Settings, split_host_port
 
 DEFAULT_API_PORT = 8080
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+CONSOLE_INDEX = "/"
+CONSOLE_STATIC = "/console/"  # the console's static files: public, they hold no data
+STREAM_PATH = f"{API_BASE}/stream"  # the only route that also takes the token as ?token=
 
 
 def is_loopback(host: str) -> bool:
@@ -61,3 +65,15 @@ def token_ok(authorization: str | None, token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def request_allowed(path: str, authorization: str | None, query_token: str | None, token: str) -> bool:
+    """Whether a request may pass: no token set, a public path, the Bearer token, or ``?token=`` on the stream.
+
+    EventSource cannot send headers, so the live stream alone accepts the token as a query parameter.
+    """
+    if not token or path in OPEN_PATHS or path == CONSOLE_INDEX or path.startswith(CONSOLE_STATIC):
+        return True
+    if token_ok(authorization, token):
+        return True
+    return path == STREAM_PATH and bool(query_token) and hmac.compare_digest(str(query_token).encode(), token.encode())
