@@ -107,19 +107,108 @@ async def close(nc: Client, *, timeout_s: float = 2.0) -> None:
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create (or update) the streams every service relies on."""
+    """Create or update the streams every service relies on; leave those that already match alone.
+
+    A least-privileged service user may not manage streams: when it is refused (or the server
+    rejects the change) and the stream exists, warn and go on with the stream as it is.
+    """
+    defaults = vars(StreamConfig())
+
+    def matches(have: StreamConfig, want: StreamConfig) -> bool:
+        for field, value in vars(want).items():
+            if value is None or value == defaults.get(field):
+                continue  # not chosen by us: the server's own default is fine
+            got = getattr(have, field, None)
+            if field == "subjects":
+                same = sorted(got or []) == sorted(value)
+            elif isinstance(value, float | int) and isinstance(got, float | int):
+                same = abs(got - value) < 1e-3
+            else:
+                same = got == value
+            if not same:
+                return False
+        return True
+
     for cfg in STREAMS:
-        try:
-            await js.add_stream(cfg)
-        except BadRequestError:
-            await js.update_stream(cfg)
+        assert cfg.name is not None
+        info = None
+        for attempt in range(2):  # a second look when someone else created it meanwhile
+            with contextlib.suppress(NotFoundError):
+                info = await js.stream_info(cfg.name)
+            if info is not None and matches(info.config, cfg):
+                break
+            try:
+                await (js.add_stream(cfg) if info is None else js.update_stream(cfg))
+                break
+            except nats.errors.Error as exc:  # refused (timeout), or rejected (APIError)
+                if info is None and attempt == 0:
+                    continue
+                if info is None:
+                    log.error("stream_missing", stream=cfg.name, error=str(exc) or type(exc).__name__)
+                    raise
+                log.warning(
+                    "stream_not_updated",
+                    stream=cfg.name,
+                    error=str(exc) or type(exc).__name__,
+                    hint="declare it as the NATS admin: python -m shared.bus --init",
+                )
+                break
 
 
 async def config_bucket(js: JetStreamContext) -> KeyValue:
-    """The ``gtm_config`` KV bucket, created if missing."""
+    """The ``gtm_config`` KV bucket, created if missing (when this NATS user may create it)."""
     try:
         return await js.key_value(subjects.CONFIG_BUCKET)
     except (NotFoundError, BadRequestError):
+        pass
+    try:
         return await js.create_key_value(
             KeyValueConfig(bucket=subjects.CONFIG_BUCKET, history=10, storage=StorageType.FILE)
         )
+    except nats.errors.Error as exc:  # refused (timeout), or created meanwhile by someone else
+        try:
+            return await js.key_value(subjects.CONFIG_BUCKET)
+        except (NotFoundError, BadRequestError):
+            log.error(
+                "bucket_missing",
+                bucket=subjects.CONFIG_BUCKET,
+                error=str(exc) or type(exc).__name__,
+                hint="create it as the NATS admin: python -m shared.bus --init",
+            )
+            raise exc from None
+
+
+if __name__ == "__main__":
+    # ``python -m shared.bus --init``: declare the streams and buckets as a NATS user allowed to
+    # (the admin), so that the services themselves can run with least privilege.
+    import argparse
+    import sys
+
+    # the lease bucket keeps its one definition, in the scheduler
+    from services.scheduler.lease import leases_bucket
+    from shared import logs
+    from shared.settings import from_env
+
+    async def _init() -> None:
+        settings = from_env("admin")
+        logs.configure(service="nats-init", level=settings.log_level, fmt=settings.log_format)
+        nc = await connect(settings.nats, max_reconnect_attempts=0, allow_reconnect=False)
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js)
+            await config_bucket(js)
+            await leases_bucket(js)
+        finally:
+            await close(nc)
+        log.info(
+            "streams_ready",
+            streams=[c.name for c in STREAMS],
+            buckets=[subjects.CONFIG_BUCKET, subjects.LEASES_BUCKET],
+        )
+
+    parser = argparse.ArgumentParser(prog="python -m shared.bus", description=__doc__)
+    parser.add_argument("--init", action="store_true", help="create or update every stream and bucket")
+    if not parser.parse_args().init:
+        parser.print_help()
+        sys.exit(2)
+    asyncio.run(_init())
