@@ -47,6 +47,12 @@ class Settings(Struct, kw_only=True, frozen=True):
     edge_zone: str = ""  # when set, the edge is authoritative for it: SOA/NS at the apex, SOA in negatives
     edge_ns: str = ""  # comma-separated NS names of edge_zone (default ns1.<zone>)
     metrics_listen: str = ""  # host:port of /metrics, /healthz, /readyz ("" = off; config uses its API port)
+    edge_rrl_responses_per_s: int = 200  # UDP replies per client subnet per second (0 = no rate limiting)
+    edge_rrl_window_s: int = 5  # a subnet over the limit stays limited until its average over this is under it
+    edge_rrl_slip: int = 2  # every Nth limited reply goes out truncated (TC) instead of dropped (0 = drop all)
+    edge_rrl_ipv4_prefix: int = 24  # client subnet sizes the limit applies to
+    edge_rrl_ipv6_prefix: int = 56
+    edge_rrl_exempt: str = "127.0.0.0/8,::1/128"  # comma-separated CIDRs never limited ("" = none)
 
 
 def split_host_port(value: str, *, default_port: int) -> tuple[str, int]:
@@ -74,8 +80,14 @@ def from_env(service: str, env: Mapping[str, str] | None = None) -> Settings:
         workers = int(e.get("GTM_EDGE_WORKERS", "1"))
         concurrency = int(e.get("GTM_PROBER_CONCURRENCY", "256"))
         lease_s = float(e.get("GTM_SCHEDULER_LEASE_S", "2"))
+        rrl_rate = int(e.get("GTM_EDGE_RRL_RESPONSES_PER_S", "200"))
+        rrl_window_s = int(e.get("GTM_EDGE_RRL_WINDOW_S", "5"))
+        rrl_slip = int(e.get("GTM_EDGE_RRL_SLIP", "2"))
+        rrl_v4, rrl_v6 = int(e.get("GTM_EDGE_RRL_IPV4_PREFIX", "24")), int(e.get("GTM_EDGE_RRL_IPV6_PREFIX", "56"))
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+    if not (0 <= rrl_v4 <= 32 and 0 <= rrl_v6 <= 128):
+        raise SettingsError("GTM_EDGE_RRL_IPV4_PREFIX must be 0-32 and GTM_EDGE_RRL_IPV6_PREFIX 0-128")
     return Settings(
         nats=NatsSettings(
             url=e.get("NATS_URL", DEFAULT_NATS_URL),
@@ -101,4 +113,10 @@ def from_env(service: str, env: Mapping[str, str] | None = None) -> Settings:
         edge_zone=e.get("GTM_EDGE_ZONE", "").strip().rstrip(".").lower(),
         edge_ns=e.get("GTM_EDGE_NS", ""),
         metrics_listen=e.get("GTM_METRICS_LISTEN", ""),
+        edge_rrl_responses_per_s=max(0, rrl_rate),
+        edge_rrl_window_s=max(1, rrl_window_s),
+        edge_rrl_slip=max(0, rrl_slip),
+        edge_rrl_ipv4_prefix=rrl_v4,
+        edge_rrl_ipv6_prefix=rrl_v6,
+        edge_rrl_exempt=e.get("GTM_EDGE_RRL_EXEMPT", "127.0.0.0/8,::1/128"),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from services.edge import workers
+from services.edge import rrl, workers
 from services.edge.app import serve
 from services.edge.wire import Malformed
 from services.edge.zone import Zone
@@ -19,7 +19,8 @@ def main() -> int:
     try:
         settings = from_env("edge")
         Zone.from_settings(settings.edge_zone, settings.edge_ns)  # a bad zone or NS name stops us here
-    except (SettingsError, Malformed) as exc:
+        rrl.parse_exempt(settings.edge_rrl_exempt)
+    except (SettingsError, Malformed, rrl.RrlError) as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return 2
     logs.configure(service="edge", level=settings.log_level, fmt=settings.log_format)

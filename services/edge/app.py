@@ -10,10 +10,11 @@ from typing import TypeVar
 
 import structlog
 
+from services.edge import rrl
 from services.edge.feed import AnswerFeed, TopologyFeed
 from services.edge.responder import Responder
 from services.edge.server import DnsListener
-from services.edge.stats import QueryCounts, register_collector
+from services.edge.stats import QueryCounts, RrlCounts, register_collector
 from services.edge.table import AnswerTable
 from services.edge.zone import Zone
 from shared import bus, ops
@@ -57,6 +58,31 @@ def _log_ready(listen: str) -> None:
     log.info("service_ready", listen=listen)
 
 
+def _limiter(settings: Settings, counts: RrlCounts) -> rrl.Limiter | None:
+    """The UDP response rate limiter of ``settings`` (None when off), logged once."""
+    limiter = rrl.from_settings(
+        rate=settings.edge_rrl_responses_per_s,
+        window_s=settings.edge_rrl_window_s,
+        slip=settings.edge_rrl_slip,
+        ipv4_prefix=settings.edge_rrl_ipv4_prefix,
+        ipv6_prefix=settings.edge_rrl_ipv6_prefix,
+        exempt=settings.edge_rrl_exempt,
+        counts=counts,
+    )
+    if limiter is None:
+        log.info("rrl_disabled")
+    else:
+        log.info(
+            "rrl_enabled",
+            responses_per_s=settings.edge_rrl_responses_per_s,
+            window_s=settings.edge_rrl_window_s,
+            slip=settings.edge_rrl_slip,
+            subnet=f"/{settings.edge_rrl_ipv4_prefix} /{settings.edge_rrl_ipv6_prefix}",
+            exempt=settings.edge_rrl_exempt,
+        )
+    return limiter
+
+
 async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[str], None] = _log_ready) -> None:
     """Run one edge: snapshot, bind UDP+TCP on ``settings.dns_listen``, answer until ``stop``."""
     host, port = split_host_port(settings.dns_listen, default_port=DNS_PORT)
@@ -93,9 +119,9 @@ async def serve(stop: asyncio.Event, *, settings: Settings, on_ready: Callable[[
         log.info("snapshot_loaded", domains=len(table), seconds=round(time.monotonic() - started, 3))
         if table.zone is not None:
             log.info("zone_served", zone=table.zone.text)
-        counts = QueryCounts()
-        register_collector(counts, table)
-        listener = DnsListener(Responder(table, counts), host, port)
+        counts, limited = QueryCounts(), RrlCounts()
+        register_collector(counts, table, limited)
+        listener = DnsListener(Responder(table, counts), host, port, limiter=_limiter(settings, limited))
         await listener.start()
         stack.push_async_callback(listener.stop)
         listening.set()

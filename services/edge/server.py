@@ -1,4 +1,4 @@
-"""UDP and TCP DNS listeners around a Responder (SO_REUSEPORT, RFC 7766 framing)."""
+"""UDP and TCP DNS listeners around a Responder (SO_REUSEPORT, RFC 7766 framing, UDP rate limiting)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 from services.edge.responder import Responder
+from services.edge.rrl import DROP, Limiter, truncated
 from services.edge.stats import ANSWER_SECONDS, LATENCY_SAMPLE
 
 log = structlog.get_logger(__name__)
@@ -19,6 +20,7 @@ TCP_IDLE_S = 10.0
 MAX_TCP_CONNECTIONS = 1024
 UDP_RCVBUF = 4 * 1024 * 1024
 TCP_BACKLOG = 1024
+RRL_TICK_S = 0.02  # how often the loop moves the rate limiter's coarse clock (it counts whole seconds)
 
 
 def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
@@ -46,10 +48,11 @@ UDP_SECONDS = ANSWER_SECONDS.labels("udp")
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
-    """Answers each datagram at once, sending straight on the socket."""
+    """Answers each datagram at once, sending straight on the socket (unless the rate limit says no)."""
 
-    def __init__(self, responder: Responder, sock: socket.socket) -> None:
+    def __init__(self, responder: Responder, sock: socket.socket, limiter: Limiter | None = None) -> None:
         self._answer = responder.answer
+        self._limit = limiter.check if limiter is not None else None
         self._sendto = sock.sendto
         self._transport: asyncio.DatagramTransport | None = None
         self._n = 0
@@ -74,6 +77,13 @@ class UdpProtocol(asyncio.DatagramProtocol):
             return
         if reply is None:
             return
+        limit = self._limit
+        if limit is not None:
+            verdict = limit(addr[0])
+            if verdict:
+                if verdict == DROP:
+                    return
+                reply = truncated(reply)  # SLIP: a real client retries over TCP, which is never limited
         try:
             self._sendto(reply, addr)
         except BlockingIOError:
@@ -182,26 +192,35 @@ class DnsListener:
         *,
         tcp_idle_s: float = TCP_IDLE_S,
         max_tcp: int = MAX_TCP_CONNECTIONS,
+        limiter: Limiter | None = None,
     ) -> None:
         self.responder = responder
+        self.limiter = limiter
         self.host, self.port = host, port
         self.tcp_idle_s = tcp_idle_s
         self.conns = TcpConnections(max_tcp)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
+        self._ticker: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Bind UDP and TCP and start answering."""
         loop = asyncio.get_running_loop()
         usock = bind_socket(self.host, self.port, socket.SOCK_DGRAM)
         tsock = bind_socket(self.host, self.port, socket.SOCK_STREAM)
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.responder, usock), sock=usock)
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: UdpProtocol(self.responder, usock, self.limiter), sock=usock
+        )
+        if self.limiter is not None:
+            self._tick()
         self._tcp = await loop.create_server(
             lambda: TcpProtocol(self.responder, self.conns, self.tcp_idle_s), sock=tsock
         )
 
     async def stop(self) -> None:
         """Stop listening and drop open connections."""
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:
@@ -209,3 +228,10 @@ class DnsListener:
             self.conns.close_all()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
+
+    def _tick(self) -> None:
+        """Move the limiter's clock, and again in a moment."""
+        if self.limiter is None:
+            return
+        self.limiter.tick(time.monotonic())
+        self._ticker = asyncio.get_running_loop().call_later(RRL_TICK_S, self._tick)

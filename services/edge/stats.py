@@ -1,4 +1,4 @@
-"""Edge metrics: queries by domain, type and rcode; sampled answer latency.
+"""Edge metrics: queries by domain, type and rcode; sampled answer latency; rate-limited replies.
 
 The per-query cost must stay near zero, so the responder only bumps a plain
 dict keyed by the question bytes it already has; names, types and labels are
@@ -45,6 +45,16 @@ class QueryCounts:
         self.other[key] = self.other.get(key, 0) + 1
 
 
+class RrlCounts:
+    """UDP replies the response rate limiter held back: dropped, or sent truncated (slipped)."""
+
+    __slots__ = ("drop", "slip")
+
+    def __init__(self) -> None:
+        self.drop = 0
+        self.slip = 0
+
+
 def _question(reply: bytes) -> bytes:
     i = 12
     try:
@@ -75,10 +85,11 @@ def _domain(table: AnswerTable, wire_name: bytes) -> str:
 
 
 class EdgeCollector(Collector):
-    """Exports :class:`QueryCounts` as ``gtm_edge_queries_total{domain,type,rcode}``."""
+    """Exports ``gtm_edge_queries_total{domain,type,rcode}`` and ``gtm_edge_rrl_total{action}``."""
 
-    def __init__(self, counts: QueryCounts, table: AnswerTable) -> None:
+    def __init__(self, counts: QueryCounts, table: AnswerTable, rrl: RrlCounts | None = None) -> None:
         self.counts, self.table = counts, table
+        self.rrl = rrl if rrl is not None else RrlCounts()
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         """Fold the raw counters into labelled samples."""
@@ -93,8 +104,12 @@ class EdgeCollector(Collector):
         for labels, n in sorted(totals.items()):
             family.add_metric(list(labels), n)
         yield family
+        rrl = CounterMetricFamily("gtm_edge_rrl", "UDP replies held back by rate limiting", labels=["action"])
+        rrl.add_metric(["drop"], self.rrl.drop)
+        rrl.add_metric(["slip"], self.rrl.slip)
+        yield rrl
 
 
-def register_collector(counts: QueryCounts, table: AnswerTable) -> None:
-    """Export ``counts`` in the default registry (once per process)."""
-    REGISTRY.register(EdgeCollector(counts, table))
+def register_collector(counts: QueryCounts, table: AnswerTable, rrl: RrlCounts | None = None) -> None:
+    """Export ``counts`` (and ``rrl``) in the default registry (once per process)."""
+    REGISTRY.register(EdgeCollector(counts, table, rrl))
