@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -12,6 +15,15 @@ log = structlog.get_logger(__name__)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_DEADLINE_S = 5.0
+
+
+def _force_exit() -> None:
+    # A library task that swallows its cancellation (nats-py's first connect can, while NATS
+    # is unreachable) must not keep a stopped service alive: it has stopped serving already.
+    log.warning("stop_deadline_exceeded", seconds=STOP_DEADLINE_S)
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
@@ -25,6 +37,9 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
     def on_signal() -> None:
         stop.set()
+        deadline = threading.Timer(STOP_DEADLINE_S, _force_exit)
+        deadline.daemon = True
+        deadline.start()
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)

@@ -254,7 +254,8 @@ def test_sigterm_stops_it_while_nats_is_unreachable(log_dir: Path, port: int, wo
     try:
         svc.wait_for_event("nats_error")
     finally:
-        assert svc.stop() == 0
+        code = svc.stop()
+        assert code == 0, svc.output()
 
 
 # -- source_nearest: topology from KV, ECS; the zone apex ----------------------------------------
