@@ -12,7 +12,15 @@ from pathlib import Path
 import nats
 import pytest
 
-from tests.support import NatsServer
+from tests.support import (
+    BACKUP_IP,
+    DOMAIN,
+    PRIMARY_IP,
+    HttpBackend,
+    NatsServer,
+    Stack,
+    free_port,
+)
 
 
 def _docker_answers() -> bool:
@@ -76,3 +84,24 @@ def log_dir(tmp_path: Path) -> Path:
     d = tmp_path / "logs"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """The whole GTM (private NATS, config, scheduler, prober, two edges) for the walkthrough domain."""
+    s = Stack(tmp_path, domain=DOMAIN)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[HttpBackend, HttpBackend]]:
+    """The primary and backup data centres: real HTTP servers on one port of 127.0.0.2 and .3."""
+    port = free_port()
+    primary = HttpBackend(port=port, host=PRIMARY_IP).start()
+    backup = HttpBackend(port=port, host=BACKUP_IP).start()
+    yield primary, backup
+    primary.stop()
+    backup.stop()

@@ -26,6 +26,10 @@ import dns.rdatatype
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The walkthrough's access domain and its two data centres (all of 127.0.0.0/8 is loopback).
+DOMAIN = "www.example.com"
+PRIMARY_IP, BACKUP_IP = "127.0.0.2", "127.0.0.3"
+
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port free for both TCP and UDP on 127.0.0.1."""

@@ -39,8 +39,8 @@ from shared.settings import NatsSettings, Settings
 from tests.support import Api, HttpBackend, Service, Stack, free_port, wait_until
 
 Client = TestClient[web.Request, web.Application]
-DOMAIN = "www.example.com"
-PRIMARY_IP, BACKUP_IP = "127.0.0.2", "127.0.0.3"
+from tests.support import BACKUP_IP, DOMAIN, PRIMARY_IP
+
 CHECK = {"protocol": "http", "path": "/", "interval_s": 1, "timeout_s": 0.5, "failures": 1, "successes": 1}
 TOKEN = "s3cret"
 
@@ -353,25 +353,6 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path, domain=DOMAIN)
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture
-def backends() -> Iterator[tuple[HttpBackend, HttpBackend]]:
-    port = free_port()
-    primary = HttpBackend(port=port, host=PRIMARY_IP).start()
-    backup = HttpBackend(port=port, host=BACKUP_IP).start()
-    yield primary, backup
-    primary.stop()
-    backup.stop()
 
 
 def _pool(server: str, ip: str, port: int) -> dict[str, Any]:

@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import dns.flags
 import dns.rcode
 import pytest
 
-from tests.support import HttpBackend, Stack, dns_query, free_port, wait_until
+from tests.support import HttpBackend, Stack, dns_query, wait_until
 
 pytestmark = pytest.mark.e2e
 
-DOMAIN = "www.example.com"
-PRIMARY_IP, BACKUP_IP = "127.0.0.2", "127.0.0.3"
+from tests.support import BACKUP_IP, DOMAIN, PRIMARY_IP
+
 CHECK = {"protocol": "http", "path": "/", "interval_s": 1, "timeout_s": 0.5, "failures": 1, "successes": 1}
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path, domain=DOMAIN)
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture
-def backends() -> Iterator[tuple[HttpBackend, HttpBackend]]:
-    port = free_port()
-    primary = HttpBackend(port=port, host=PRIMARY_IP).start()
-    backup = HttpBackend(port=port, host=BACKUP_IP).start()
-    yield primary, backup
-    primary.stop()
-    backup.stop()
 
 
 def _pool(name: str, server: str, ip: str, port: int) -> dict:
