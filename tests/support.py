@@ -74,32 +74,53 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A real nats-server with JetStream on a free loopback port."""
+    """A real nats-server with JetStream on a free loopback port.
 
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    ``config`` starts it from a configuration file instead of plain ``-js``; ``env``
+    adds to its environment (a config file may read variables); its output goes to
+    ``log_path`` when given.
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        *,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
+        self.config = config
+        self.extra_env = env or {}
+        self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    def log(self) -> str:
+        """What the server printed (empty without ``log_path``)."""
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
     def start(self) -> None:
         """Start the server; if another process took the port meanwhile, move to a new one."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        mode = ["-c", str(self.config), "-m", "0"] if self.config else ["-js"]
         for _ in range(5):
-            self.proc = subprocess.Popen(
-                [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            cmd = [nats_server_binary(), *mode, "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)]
+            with open(self.log_path or os.devnull, "ab") as out:
+                self.proc = subprocess.Popen(
+                    cmd, env={**os.environ, **self.extra_env}, stdout=out, stderr=subprocess.STDOUT
+                )
             wait_until(lambda: _tcp_open(self.port) or self.proc.poll() is not None, timeout=10)
             time.sleep(0.05)
             if self.proc.poll() is None:
                 return
             self.port = free_port()  # the port was taken: never talk to someone else's server
-        raise RuntimeError("nats-server would not start")
+        raise RuntimeError(f"nats-server would not start:\n{self.log()}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -224,10 +245,15 @@ class HttpBackend:
             self._server.status = status  # type: ignore[attr-defined]
 
     def stop(self) -> None:
+        """Stop like a killed process: refuse new connections at once, then wind down."""
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            server, self._server = self._server, None
+            # Stop listening first: connections queued during the serve loop's shutdown
+            # would otherwise be reset later instead of refused now.
+            with contextlib.suppress(OSError):
+                server.socket.shutdown(socket.SHUT_RDWR)
+            server.shutdown()
+            server.server_close()
 
 
 def dns_query(

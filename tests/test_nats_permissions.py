@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -29,11 +28,11 @@ from tests.support import (
     ROOT,
     Api,
     HttpBackend,
+    NatsServer,
     Service,
     answer_addresses,
     dns_query,
     free_port,
-    nats_server_binary,
     services,
     wait_until,
 )
@@ -44,41 +43,24 @@ SERVICES = ("config", "scheduler", "prober", "edge")
 REFUSED_S = 0.5  # a refused request gets no reply: nats.py waits this long, then raises a timeout
 
 
-class SecuredNats:
+class SecuredNats(NatsServer):
     """A real nats-server started from deploy/nats/nats.conf, passwords in its environment."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.port = free_port()
         # nats-server parses a $VARIABLE's value as config: a letter first keeps it a string (README)
         self.passwords = {u: "p" + secrets.token_hex(16) for u in USERS}
-        self.log_path = tmp / "nats-server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            tmp / "store",
+            config=CONF,
+            env={f"GTM_NATS_PASS_{u.upper()}": p for u, p in self.passwords.items()},
+            log_path=tmp / "nats-server.log",
+        )
 
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> SecuredNats:
-        """Start it; if another process took the port meanwhile, move to a new one."""
-        env = {**os.environ, **{f"GTM_NATS_PASS_{u.upper()}": p for u, p in self.passwords.items()}}
-        for _ in range(5):
-            cmd = [nats_server_binary(), "-c", str(CONF), "-a", "127.0.0.1", "-p", str(self.port), "-m", "0",
-                   "-sd", str(self.tmp / "store")]
-            with open(self.log_path, "ab") as log:
-                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-            self.proc = proc
-
-            def up_or_dead(proc: subprocess.Popen[bytes] = proc) -> bool:
-                return "Server is ready" in self.log() or proc.poll() is not None
-
-            wait_until(up_or_dead, timeout=10)
-            if proc.poll() is None:
-                return self
-            if "address already in use" not in self.log():
-                raise AssertionError(self.log())
-            self.port = free_port()
-        raise RuntimeError("nats-server would not start")
+    def start(self) -> SecuredNats:  # type: ignore[override]
+        super().start()
+        wait_until(lambda: "Server is ready" in self.log(), timeout=10)
+        return self
 
     def init_streams(self) -> None:
         """The admin step of deploy/nats/README.md: ``python -m shared.bus --init`` as ``admin``."""
@@ -94,17 +76,6 @@ class SecuredNats:
         """What a service needs to log in as ``user``."""
         return {"NATS_URL": self.url, "GTM_NATS_USER": user, "GTM_NATS_PASSWORD": self.passwords[user]}
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
