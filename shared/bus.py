@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import time
 from typing import Any
@@ -47,6 +48,19 @@ STREAMS = (
     ),
 )
 
+CLUSTER_REPLICAS = 3  # the replica count on a cluster of this many servers or more
+RESUME_STEP_S = 0.1
+RESUME_LIMIT_S = 30.0
+
+
+def replicas(nc: Client, settings: NatsSettings) -> int:
+    """How many replicas streams and buckets get: the setting, else 3 on a cluster of 3 or more, else 1."""
+    if settings.replicas:
+        return settings.replicas
+    # The server pool holds the configured URLs and every client URL the cluster advertised.
+    servers = {u.netloc for u in nc.servers}
+    return CLUSTER_REPLICAS if len(servers) >= CLUSTER_REPLICAS else 1
+
 
 async def connect(settings: NatsSettings, **kwargs: Any) -> Client:
     """Connect to NATS and keep reconnecting for ever."""
@@ -66,12 +80,15 @@ async def connect(settings: NatsSettings, **kwargs: Any) -> Client:
 
     async def on_reconnect() -> None:
         log.info("nats_reconnected")
+        resume = asyncio.ensure_future(resume_consumers(nc))
+        _background.add(resume)
+        resume.add_done_callback(_background.discard)
 
     opts: dict[str, Any] = {
         "servers": [u.strip() for u in settings.url.split(",") if u.strip()],
         "name": settings.name,
         "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.5,
+        "reconnect_time_wait": 0.25,
         "connect_timeout": 2,
         "allow_reconnect": True,
         "error_cb": on_error,
@@ -88,7 +105,57 @@ async def connect(settings: NatsSettings, **kwargs: Any) -> Client:
             ctx.load_cert_chain(settings.tls_cert, settings.tls_key or None)
         opts["tls"] = ctx
     opts.update(kwargs)
-    return await nats.connect(**opts)
+    nc = await nats.connect(**opts)
+    return nc
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
+def _ordered_subscriptions(nc: Client) -> list[Any]:
+    # nats.py keeps an ordered consumer's state on the core subscription (``_jsi``); it has no
+    # public way to ask for a resume, so this is the one place that reaches into it.
+    return [sub for sub in list(nc._subs.values()) if getattr(sub, "_jsi", None) is not None and sub._jsi._ordered]
+
+
+async def resume_consumers(nc: Client) -> None:
+    """Recreate every ordered consumer (KV watchers, stream followers) of ``nc`` right after a reconnect.
+
+    nats.py notices a lost consumer only after two missed idle heartbeats (10 s for a KV
+    watcher) and tries to recreate it once per such period; a restarted server forgets every
+    ephemeral consumer, and its JetStream may need a moment before it accepts new ones.  Here
+    each one is recreated from the last stream sequence it delivered, retried every
+    ``RESUME_STEP_S`` until the server accepts it.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pending = _ordered_subscriptions(nc)
+    total = len(pending)
+    while pending and nc.is_connected and loop.time() - started < RESUME_LIMIT_S:
+        before = {}
+        for sub in pending:
+            jsi = sub._jsi
+            before[sub] = jsi._psub._consumer
+            with contextlib.suppress(Exception):
+                await jsi.reset_ordered_consumer(jsi._sseq + 1)
+        await asyncio.sleep(RESUME_STEP_S)
+        still = []
+        for sub in pending:
+            psub = sub._jsi._psub
+            try:
+                if psub._consumer == before[sub]:
+                    raise LookupError("not recreated yet")
+                await asyncio.wait_for(psub.consumer_info(), RESUME_STEP_S * 5)
+            except Exception:  # noqa: BLE001 - not recreated yet (JetStream still recovering)
+                still.append(sub)
+        pending = [s for s in still if s._id in nc._subs]  # unsubscribed meanwhile: forget it
+    if total:
+        log.info(
+            "consumers_resumed" if not pending else "consumers_not_resumed",
+            consumers=total - len(pending),
+            failed=len(pending),
+            seconds=round(loop.time() - started, 3),
+        )
 
 
 async def close(nc: Client, *, timeout_s: float = 2.0) -> None:
@@ -106,39 +173,53 @@ async def close(nc: Client, *, timeout_s: float = 2.0) -> None:
                 await nc.close()
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+def _with_replicas(cfg: StreamConfig, replicas: int | None) -> StreamConfig:
+    return cfg if replicas is None else dataclasses.replace(cfg, num_replicas=replicas)
+
+
+def _matches(have: StreamConfig, want: StreamConfig) -> bool:
+    """Whether ``have`` already has every setting that ``want`` chooses (replicas: at least as many)."""
+    defaults = vars(StreamConfig())
+    for field, value in vars(want).items():
+        if value is None or value == defaults.get(field):
+            continue  # not chosen by us: the server's own default is fine
+        got = getattr(have, field, None)
+        if field == "subjects":
+            same = sorted(got or []) == sorted(value)
+        elif field == "num_replicas":
+            same = (got or 1) >= value  # never lowered: an operator may have raised it
+        elif isinstance(value, float | int) and isinstance(got, float | int):
+            same = abs(got - value) < 1e-3
+        else:
+            same = got == value
+        if not same:
+            return False
+    return True
+
+
+async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
     """Create or update the streams every service relies on; leave those that already match alone.
 
+    ``replicas`` (see :func:`replicas`) is given to new streams, and existing ones with fewer
+    are raised to it; None leaves the replica count to the server and to whoever set it.
     A least-privileged service user may not manage streams: when it is refused (or the server
     rejects the change) and the stream exists, warn and go on with the stream as it is.
     """
-    defaults = vars(StreamConfig())
-
-    def matches(have: StreamConfig, want: StreamConfig) -> bool:
-        for field, value in vars(want).items():
-            if value is None or value == defaults.get(field):
-                continue  # not chosen by us: the server's own default is fine
-            got = getattr(have, field, None)
-            if field == "subjects":
-                same = sorted(got or []) == sorted(value)
-            elif isinstance(value, float | int) and isinstance(got, float | int):
-                same = abs(got - value) < 1e-3
-            else:
-                same = got == value
-            if not same:
-                return False
-        return True
-
-    for cfg in STREAMS:
+    for base in STREAMS:
+        cfg = _with_replicas(base, replicas)
         assert cfg.name is not None
         info = None
         for attempt in range(2):  # a second look when someone else created it meanwhile
             with contextlib.suppress(NotFoundError):
                 info = await js.stream_info(cfg.name)
-            if info is not None and matches(info.config, cfg):
+            if info is not None and _matches(info.config, cfg):
                 break
             try:
-                await (js.add_stream(cfg) if info is None else js.update_stream(cfg))
+                if info is None:
+                    await js.add_stream(cfg)
+                else:
+                    await js.update_stream(_merged(info.config, cfg))
+                    _log_raised(info.config, cfg)
                 break
             except nats.errors.Error as exc:  # refused (timeout), or rejected (APIError)
                 if info is None and attempt == 0:
@@ -155,27 +236,73 @@ async def ensure_streams(js: JetStreamContext) -> None:
                 break
 
 
-async def config_bucket(js: JetStreamContext) -> KeyValue:
-    """The ``gtm_config`` KV bucket, created if missing (when this NATS user may create it)."""
+def _merged(have: StreamConfig, want: StreamConfig) -> StreamConfig:
+    """``have`` with the settings that ``want`` chooses (so an update keeps what others set)."""
+    defaults = vars(StreamConfig())
+    chosen = {f: v for f, v in vars(want).items() if v is not None and v != defaults.get(f)}
+    if (have.num_replicas or 1) > (want.num_replicas or 1):
+        chosen.pop("num_replicas", None)
+    return dataclasses.replace(have, **chosen)
+
+
+def _log_raised(have: StreamConfig, want: StreamConfig) -> None:
+    if want.num_replicas and (have.num_replicas or 1) < want.num_replicas:
+        log.info("replicas_raised", stream=want.name, before=have.num_replicas or 1, after=want.num_replicas)
+
+
+async def _bucket(js: JetStreamContext, bucket: str, history: int, replicas: int | None) -> KeyValue:
+    """KV bucket ``bucket``: opened, created if missing, raised to ``replicas`` when it has fewer."""
     try:
-        return await js.key_value(subjects.CONFIG_BUCKET)
+        kv = await js.key_value(bucket)
     except (NotFoundError, BadRequestError):
         pass
+    else:
+        if replicas is not None:
+            await _raise_bucket(js, bucket, replicas)
+        return kv
     try:
         return await js.create_key_value(
-            KeyValueConfig(bucket=subjects.CONFIG_BUCKET, history=10, storage=StorageType.FILE)
+            KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas or 1)
         )
     except nats.errors.Error as exc:  # refused (timeout), or created meanwhile by someone else
         try:
-            return await js.key_value(subjects.CONFIG_BUCKET)
+            return await js.key_value(bucket)
         except (NotFoundError, BadRequestError):
             log.error(
                 "bucket_missing",
-                bucket=subjects.CONFIG_BUCKET,
+                bucket=bucket,
                 error=str(exc) or type(exc).__name__,
                 hint="create it as the NATS admin: python -m shared.bus --init",
             )
             raise exc from None
+
+
+async def _raise_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:
+    """Give an existing bucket's stream ``replicas`` when it has fewer (warn when not allowed to)."""
+    stream = subjects.kv_stream(bucket)
+    try:
+        info = await js.stream_info(stream)
+        if (info.config.num_replicas or 1) >= replicas:
+            return
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+        log.info("replicas_raised", stream=stream, before=info.config.num_replicas or 1, after=replicas)
+    except nats.errors.Error as exc:
+        log.warning(
+            "stream_not_updated",
+            stream=stream,
+            error=str(exc) or type(exc).__name__,
+            hint="declare it as the NATS admin: python -m shared.bus --init",
+        )
+
+
+async def config_bucket(js: JetStreamContext, *, replicas: int | None = None) -> KeyValue:
+    """The ``gtm_config`` KV bucket, created if missing (when this NATS user may create it)."""
+    return await _bucket(js, subjects.CONFIG_BUCKET, 10, replicas)
+
+
+async def leases_bucket(js: JetStreamContext, *, replicas: int | None = None) -> KeyValue:
+    """The ``gtm_leases`` KV bucket (the scheduler's leader lease), created if missing."""
+    return await _bucket(js, subjects.LEASES_BUCKET, 1, replicas)
 
 
 if __name__ == "__main__":
@@ -184,8 +311,6 @@ if __name__ == "__main__":
     import argparse
     import sys
 
-    # the lease bucket keeps its one definition, in the scheduler
-    from services.scheduler.lease import leases_bucket
     from shared import logs
     from shared.settings import from_env
 
@@ -195,15 +320,17 @@ if __name__ == "__main__":
         nc = await connect(settings.nats, max_reconnect_attempts=0, allow_reconnect=False)
         try:
             js = nc.jetstream()
-            await ensure_streams(js)
-            await config_bucket(js)
-            await leases_bucket(js)
+            count = replicas(nc, settings.nats)
+            await ensure_streams(js, replicas=count)
+            await config_bucket(js, replicas=count)
+            await leases_bucket(js, replicas=count)
         finally:
             await close(nc)
         log.info(
             "streams_ready",
             streams=[c.name for c in STREAMS],
             buckets=[subjects.CONFIG_BUCKET, subjects.LEASES_BUCKET],
+            replicas=count,
         )
 
     parser = argparse.ArgumentParser(prog="python -m shared.bus", description=__doc__)

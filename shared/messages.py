@@ -98,6 +98,10 @@ class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
     select: str = "weight"  # "weight" | "nearest"
     config_revision: int = 0
     published_at: float = 0.0
+    # Monotonic per domain across schedulers and restarts (milliseconds since the epoch, or
+    # the previous revision + 1 when that is higher): an edge never replaces an answer with
+    # one of a lower revision, so no late publication can bring an older decision back.
+    revision: int = 0
 
 
 class SwitchEvent(_Message, tag="switch_event.v1", kw_only=True, frozen=True):

@@ -26,6 +26,7 @@ class NatsSettings(Struct, kw_only=True, frozen=True):
     tls_cert: str = ""
     tls_key: str = ""
     name: str = "gtm"
+    replicas: int = 0  # of every stream and bucket; 0 = 3 on a cluster of 3 or more servers, else 1
 
 
 class Settings(Struct, kw_only=True, frozen=True):
@@ -53,6 +54,8 @@ class Settings(Struct, kw_only=True, frozen=True):
     edge_rrl_ipv4_prefix: int = 24  # client subnet sizes the limit applies to
     edge_rrl_ipv6_prefix: int = 56
     edge_rrl_exempt: str = "127.0.0.0/8,::1/128"  # comma-separated CIDRs never limited ("" = none)
+    # where an edge keeps its last answer table, to answer from it when started while NATS is away
+    edge_state_dir: str = ".data/edge"  # "" = keep nothing on disk
 
 
 def split_host_port(value: str, *, default_port: int) -> tuple[str, int]:
@@ -84,8 +87,11 @@ def from_env(service: str, env: Mapping[str, str] | None = None) -> Settings:
         rrl_window_s = int(e.get("GTM_EDGE_RRL_WINDOW_S", "5"))
         rrl_slip = int(e.get("GTM_EDGE_RRL_SLIP", "2"))
         rrl_v4, rrl_v6 = int(e.get("GTM_EDGE_RRL_IPV4_PREFIX", "24")), int(e.get("GTM_EDGE_RRL_IPV6_PREFIX", "56"))
+        replicas = int(e.get("GTM_NATS_REPLICAS", "0") or "0")
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+    if not 0 <= replicas <= 5:
+        raise SettingsError(f"GTM_NATS_REPLICAS must be 1-5 (or unset for automatic), not {replicas}")
     if not (0 <= rrl_v4 <= 32 and 0 <= rrl_v6 <= 128):
         raise SettingsError("GTM_EDGE_RRL_IPV4_PREFIX must be 0-32 and GTM_EDGE_RRL_IPV6_PREFIX 0-128")
     return Settings(
@@ -98,6 +104,7 @@ def from_env(service: str, env: Mapping[str, str] | None = None) -> Settings:
             tls_cert=e.get("GTM_NATS_TLS_CERT", ""),
             tls_key=e.get("GTM_NATS_TLS_KEY", ""),
             name=f"gtm-{service}",
+            replicas=replicas,
         ),
         log_level=e.get("GTM_LOG_LEVEL", "info").lower(),
         log_format=e.get("GTM_LOG_FORMAT", "auto").lower(),
@@ -119,4 +126,5 @@ def from_env(service: str, env: Mapping[str, str] | None = None) -> Settings:
         edge_rrl_ipv4_prefix=rrl_v4,
         edge_rrl_ipv6_prefix=rrl_v6,
         edge_rrl_exempt=e.get("GTM_EDGE_RRL_EXEMPT", "127.0.0.0/8,::1/128"),
+        edge_state_dir=e.get("GTM_EDGE_STATE_DIR", ".data/edge"),
     )

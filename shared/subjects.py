@@ -34,6 +34,11 @@ _ANSWERS_PREFIX = "answers.publish."
 _POOL_STATE_PREFIX = "pool.state."
 
 
+def kv_stream(bucket: str) -> str:
+    """The stream that holds KV bucket ``bucket`` (JetStream's naming)."""
+    return f"KV_{bucket}"
+
+
 def token(name: str) -> str:
     """Make a pool or address name safe as one subject token / KV key part."""
     return name.replace(".", "=2E")

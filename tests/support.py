@@ -147,7 +147,9 @@ class Service:
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
         self.name = name
-        self.env = {**os.environ, "GTM_LOG_FORMAT": "json", **env}
+        # An edge keeps its answers on disk: in the test's directory, never in the checkout.
+        state = {"GTM_EDGE_STATE_DIR": str(log_dir / "edge-state")}
+        self.env = {**os.environ, "GTM_LOG_FORMAT": "json", **state, **env}
         self.log_path = log_dir / f"{name}-{next(_log_ids)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -12,7 +12,8 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from services.scheduler.lease import Lease, StaleWatch, leases_bucket
+from services.scheduler.lease import Lease, StaleWatch
+from shared.bus import leases_bucket
 from shared import bus, subjects
 from tests.support import Service
 from tests.test_scheduler_engine import DOMAIN, World, dom, result
@@ -122,6 +123,30 @@ async def test_a_released_lease_is_taken_at_once(leases: list[tuple[Lease, Clock
     assert await a.step() and not await b.step()
     await a.release()
     assert await b.step() is True and b.previous_holder == ""
+
+
+async def test_a_holder_that_lost_its_lease_to_an_outage_takes_it_back_at_once_if_nobody_else_did(
+    leases: list[tuple[Lease, Clock]],
+) -> None:
+    (a, a_clock), (b, b_clock), _ = leases
+    assert await a.step() and not await b.step()
+    a.held = False  # what a renewal timing out while NATS was away leaves behind
+    assert await a.step() is True and a.previous_holder == "s1"  # its own revision: no wait
+    b_clock.now += LEASE_S
+    assert await b.step() is False  # renewed by the take-back
+
+
+async def test_a_holder_whose_lease_was_taken_meanwhile_waits_like_any_standby(
+    leases: list[tuple[Lease, Clock]],
+) -> None:
+    (a, a_clock), (b, b_clock), _ = leases
+    assert await a.step() and not await b.step()
+    a.held = False
+    b_clock.now += LEASE_S
+    assert await b.step() is True  # the standby took over while the holder was cut off
+    assert await a.step() is False
+    a_clock.now += LEASE_S - 0.1
+    assert await a.step() is False
 
 
 # -- two scheduler processes ---------------------------------------------------------------------------

@@ -193,10 +193,12 @@ def _answer(base: AnswerSet, groups: list[AnswerGroup], pool: str) -> AnswerSet:
 
 
 def same_content(a: AnswerSet | None, b: AnswerSet | None) -> bool:
-    """Whether two answer sets are equal apart from ``published_at``."""
+    """Whether two answer sets are equal apart from ``published_at`` and ``revision``."""
     if a is None or b is None:
         return a is b
-    return msgspec.structs.replace(a, published_at=0.0) == msgspec.structs.replace(b, published_at=0.0)
+    return msgspec.structs.replace(a, published_at=0.0, revision=0) == msgspec.structs.replace(
+        b, published_at=0.0, revision=0
+    )
 
 
 def domain_warming(domain: Domain, views: Mapping[str, PoolView]) -> bool:

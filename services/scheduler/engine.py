@@ -84,6 +84,15 @@ class _Tracked:
         self.check = address.health_check or _DEFAULT_CHECK
 
 
+def next_revision(previous: AnswerSet | None, *, at: float) -> int:
+    """The revision of a domain's next answer: milliseconds since the epoch, and above the previous one.
+
+    The clock part keeps revisions rising across a scheduler whose stream was wiped; the
+    ``+ 1`` keeps them rising when the clock steps back or two answers share a millisecond.
+    """
+    return max(int(at * 1000), (previous.revision + 1) if previous is not None else 0)
+
+
 class Engine:
     """Decisions for every pool and domain, kept up to date event by event."""
 
@@ -362,7 +371,7 @@ class Engine:
         answer = decide_domain(name, domain, revision=revision, views=self.views, previous=previous)
         if same_content(previous, answer) and not force:
             return
-        answer = msgspec.structs.replace(answer, published_at=at)
+        answer = msgspec.structs.replace(answer, published_at=at, revision=next_revision(previous, at=at))
         switch = detect_switch(domain, previous, answer, views=self.views, at=at)
         self.answers[name] = answer
         out.answers.append(answer)
@@ -380,6 +389,7 @@ class Engine:
             ttl=previous.ttl,
             config_revision=previous.config_revision if revision is None else revision,
             published_at=at,
+            revision=next_revision(previous, at=at),
         )
         self.answers[name] = tomb
         out.answers.append(tomb)

@@ -16,14 +16,7 @@ from collections.abc import Callable
 import msgspec
 from msgspec import Struct
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import (
-    BadRequestError,
-    KeyNotFoundError,
-    KeyWrongLastSequenceError,
-    NotFoundError,
-)
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared import subjects
@@ -55,16 +48,6 @@ class StaleWatch:
         if revision != self.revision:
             self.revision, self.since = revision, now
         return now - self.since
-
-
-async def leases_bucket(js: JetStreamContext) -> KeyValue:
-    """The ``gtm_leases`` KV bucket, created if missing."""
-    try:
-        return await js.key_value(subjects.LEASES_BUCKET)
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(
-            KeyValueConfig(bucket=subjects.LEASES_BUCKET, history=1, storage=StorageType.FILE)
-        )
 
 
 class Lease:
@@ -130,9 +113,13 @@ class Lease:
             self.last_error = repr(exc)
             return
         else:
-            if self.watch.see(entry.revision or 0, now) < self.lease_s:
+            # Still our own name (we lost it to an outage, and a renewal nats.py buffered meanwhile
+            # may have landed since): nobody else has led in between, so take it back at once
+            # instead of waiting for it to go stale.  Another taker would have written its name.
+            holder = _holder(entry.value or b"")
+            if holder != self.holder and self.watch.see(entry.revision or 0, now) < self.lease_s:
                 return
-            last, self.previous_holder = entry.revision or 0, _holder(entry.value or b"")
+            last, self.previous_holder = entry.revision or 0, holder
         try:
             self.revision = await self.kv.update(subjects.SCHEDULER_LEASE_KEY, self._value(), last=last)
         except KeyWrongLastSequenceError:

@@ -36,7 +36,7 @@ from shared.resources import domain_decoder, pool_decoder
 from shared.settings import Settings
 
 from .engine import Engine, Outputs
-from .lease import Lease, leases_bucket
+from .lease import Lease
 
 log = structlog.get_logger("scheduler")
 
@@ -202,12 +202,10 @@ class Scheduler:
             log.warning("bad_probe_result", subject=msg.subject, error=str(exc))
             return
         try:
-            # The engine step is synchronous, so it needs no lock; only publishing does (the lock
-            # is FIFO, so outputs still go out in decision order).  Most results publish nothing.
-            out = self.engine.observe(result, now=time.monotonic(), at=time.time())
-            if out:
-                async with self.lock:
-                    await self.publish(out)
+            # Decide under the lock: a decision made before a config step but published after it
+            # would overwrite the newer answer (ANSWERS keeps only the last one per domain).
+            async with self.lock:
+                await self.publish(self.engine.observe(result, now=time.monotonic(), at=time.time()))
         except Exception:  # noqa: BLE001 - a callback never dies on one message
             log.exception("probe_result_failed", key=result.key, region=result.region)
 
@@ -286,9 +284,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         nc: Client = await bus.connect(settings.nats)
         stack.push_async_callback(bus.close, nc)
         js = nc.jetstream()
-        await bus.ensure_streams(js)
-        kv = await bus.config_bucket(js)
-        lease = Lease(await leases_bucket(js), holder=settings.scheduler_id, lease_s=settings.scheduler_lease_s)
+        replicas = bus.replicas(nc, settings.nats)
+        await bus.ensure_streams(js, replicas=replicas)
+        kv = await bus.config_bucket(js, replicas=replicas)
+        leases = await bus.leases_bucket(js, replicas=replicas)
+        lease = Lease(leases, holder=settings.scheduler_id, lease_s=settings.scheduler_lease_s)
         scheduler = Scheduler(js)
         ops.watch_nats(nc)
         ready = asyncio.Event()
