@@ -53,13 +53,18 @@ RESUME_STEP_S = 0.1
 RESUME_LIMIT_S = 30.0
 
 
-def replicas(nc: Client, settings: NatsSettings) -> int:
+def replicas(nc: Client, settings: NatsSettings | None = None) -> int:
     """How many replicas streams and buckets get: the setting, else 3 on a cluster of 3 or more, else 1."""
-    if settings.replicas:
+    if settings is not None and settings.replicas:
         return settings.replicas
     # The server pool holds the configured URLs and every client URL the cluster advertised.
     servers = {u.netloc for u in nc.servers}
     return CLUSTER_REPLICAS if len(servers) >= CLUSTER_REPLICAS else 1
+
+
+def _replicas_of(js: JetStreamContext, given: int | None) -> int:
+    # A caller without the settings at hand gets the automatic count of its connection.
+    return given if given is not None else replicas(js._nc)
 
 
 async def connect(settings: NatsSettings, **kwargs: Any) -> Client:
@@ -173,8 +178,8 @@ async def close(nc: Client, *, timeout_s: float = 2.0) -> None:
                 await nc.close()
 
 
-def _with_replicas(cfg: StreamConfig, replicas: int | None) -> StreamConfig:
-    return cfg if replicas is None else dataclasses.replace(cfg, num_replicas=replicas)
+def _with_replicas(cfg: StreamConfig, replicas: int) -> StreamConfig:
+    return dataclasses.replace(cfg, num_replicas=replicas)
 
 
 def _matches(have: StreamConfig, want: StreamConfig) -> bool:
@@ -200,13 +205,14 @@ def _matches(have: StreamConfig, want: StreamConfig) -> bool:
 async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
     """Create or update the streams every service relies on; leave those that already match alone.
 
-    ``replicas`` (see :func:`replicas`) is given to new streams, and existing ones with fewer
-    are raised to it; None leaves the replica count to the server and to whoever set it.
+    ``replicas`` (default: :func:`replicas` of the connection) is given to new streams, and
+    existing ones with fewer are raised to it (never lowered).
     A least-privileged service user may not manage streams: when it is refused (or the server
     rejects the change) and the stream exists, warn and go on with the stream as it is.
     """
+    count = _replicas_of(js, replicas)
     for base in STREAMS:
-        cfg = _with_replicas(base, replicas)
+        cfg = _with_replicas(base, count)
         assert cfg.name is not None
         info = None
         for attempt in range(2):  # a second look when someone else created it meanwhile
@@ -252,17 +258,17 @@ def _log_raised(have: StreamConfig, want: StreamConfig) -> None:
 
 async def _bucket(js: JetStreamContext, bucket: str, history: int, replicas: int | None) -> KeyValue:
     """KV bucket ``bucket``: opened, created if missing, raised to ``replicas`` when it has fewer."""
+    count = _replicas_of(js, replicas)
     try:
         kv = await js.key_value(bucket)
     except (NotFoundError, BadRequestError):
         pass
     else:
-        if replicas is not None:
-            await _raise_bucket(js, bucket, replicas)
+        await _raise_bucket(js, bucket, count)
         return kv
     try:
         return await js.create_key_value(
-            KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas or 1)
+            KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, replicas=count)
         )
     except nats.errors.Error as exc:  # refused (timeout), or created meanwhile by someone else
         try:

@@ -95,6 +95,7 @@ class NatsServer:
         self.config = config
         self.extra_env = env or {}
         self.log_path = log_path
+        self.extra_args: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,7 +111,10 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         mode = ["-c", str(self.config), "-m", "0"] if self.config else ["-js"]
         for _ in range(5):
-            cmd = [nats_server_binary(), *mode, "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)]
+            cmd = [
+                nats_server_binary(), *mode, "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir),
+                *self.extra_args,
+            ]
             with open(self.log_path or os.devnull, "ab") as out:
                 self.proc = subprocess.Popen(
                     cmd, env={**os.environ, **self.extra_env}, stdout=out, stderr=subprocess.STDOUT
@@ -131,6 +135,43 @@ class NatsServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+class NatsCluster:
+    """Three real nats-servers with JetStream, clustered on loopback (routes between them)."""
+
+    def __init__(self, tmp: Path, size: int = 3) -> None:
+        self.names = [f"n{i}" for i in range(1, size + 1)]
+        self.route_ports = {n: free_port() for n in self.names}
+        self.nodes = {n: NatsServer(tmp / n, log_path=tmp / f"{n}.log") for n in self.names}
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated (as NATS_URL takes them)."""
+        return ",".join(self.nodes[n].url for n in self.names)
+
+    def start(self, name: str | None = None) -> None:
+        """Start every node (or one of them, again after a kill)."""
+        for n in [name] if name else self.names:
+            routes = ",".join(f"nats://127.0.0.1:{self.route_ports[o]}" for o in self.names if o != n)
+            node = self.nodes[n]
+            node.extra_args = [
+                "-n", n, "--cluster_name", "gtm", "--cluster", f"nats://127.0.0.1:{self.route_ports[n]}",
+                "--routes", routes,
+            ]
+            node.start()
+
+    def kill(self, name: str) -> None:
+        """``kill -9`` one node."""
+        proc = self.nodes[name].proc
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        self.nodes[name].proc = None
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
 
 
 def _tcp_open(port: int) -> bool:
