@@ -7,6 +7,9 @@ answer throughout, and a domain created after the fault is served.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +19,10 @@ import dns.rcode
 import nats
 import pytest
 
-from shared import subjects
+from shared import bus, subjects
+from shared.settings import NatsSettings
 from shared.messages import AnswerSet, OperationEvent, PoolState, encoder
-from tests.support import Api, NatsCluster, Service, dns_query, free_port, wait_until
+from tests.support import ROOT, Api, NatsCluster, Service, dns_query, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -203,3 +207,43 @@ def test_killing_the_leader_of_each_stream_and_bucket_loses_nothing(cluster: Clu
     print(f"\nedges: {resolver.failed} of {resolver.sent} queries unanswered during the faults")
     record_property("queries_lost", resolver.failed)
     assert resolver.failed == 0
+
+
+async def _create_r1(url: str) -> None:
+    nc = await nats.connect(url.split(","))
+    try:
+        js = nc.jetstream(timeout=5)
+        await bus.ensure_streams(js, replicas=1)
+        await bus.config_bucket(js, replicas=1)
+        await bus.leases_bucket(js, replicas=1)
+    finally:
+        await nc.close()
+
+
+def test_init_raises_existing_single_replica_streams_and_buckets_to_three(tmp_path: Path) -> None:
+    cluster = NatsCluster(tmp_path / "nats")
+    cluster.start()
+    try:
+        wait_until(lambda: asyncio.run(_create_r1(cluster.url)) is None, timeout=30, step=0.5)
+        assert {r for _, r in _leaders_sync(cluster.url).values()} == {1}
+        init = subprocess.run(
+            [sys.executable, "-m", "shared.bus", "--init"],
+            env={**os.environ, "NATS_URL": cluster.url, "GTM_LOG_FORMAT": "json"},
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert init.returncode == 0, init.stderr
+        assert '"replicas": 3' in init.stdout + init.stderr
+        assert {r for _, r in _leaders_sync(cluster.url).values()} == {3}
+    finally:
+        cluster.stop()
+
+
+def test_one_server_gets_one_replica_and_the_setting_overrides_it(nats_url: str) -> None:
+    async def check() -> tuple[int, int]:
+        nc = await nats.connect(nats_url)
+        try:
+            return bus.replicas(nc, NatsSettings()), bus.replicas(nc, NatsSettings(replicas=3))
+        finally:
+            await nc.close()
+
+    assert asyncio.run(check()) == (1, 3)
