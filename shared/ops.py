@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -32,16 +33,17 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def routes(ready: Callable[[], bool]) -> list[web.RouteDef]:
-    """/metrics, /healthz and /readyz (200 when ``ready()``, else 503)."""
+def routes(ready: Callable[[], bool], detail: Callable[[], dict[str, Any]] | None = None) -> list[web.RouteDef]:
+    """/metrics, /healthz and /readyz (200 when ``ready()``, else 503; ``detail()`` joins its body)."""
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
+        extra = detail() if detail is not None else {}
         if ready():
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not_ready"}, status=503)
+            return web.json_response({"status": "ready", **extra})
+        return web.json_response({"status": "not_ready", **extra}, status=503)
 
     return [
         web.get("/metrics", metrics, allow_head=False),
@@ -51,14 +53,16 @@ def routes(ready: Callable[[], bool]) -> list[web.RouteDef]:
 
 
 @contextlib.asynccontextmanager
-async def serve(listen: str, *, ready: Callable[[], bool]) -> AsyncIterator[None]:
+async def serve(
+    listen: str, *, ready: Callable[[], bool], detail: Callable[[], dict[str, Any]] | None = None
+) -> AsyncIterator[None]:
     """Serve the ops endpoints on ``listen`` for the duration of the block ("" = do nothing)."""
     if not listen:
         yield
         return
     host, port = split_host_port(listen, default_port=9100)
     app = web.Application()
-    app.add_routes(routes(ready))
+    app.add_routes(routes(ready, detail))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -86,7 +86,7 @@ _NO_TRANSFER = (wire.TYPE_AXFR, wire.TYPE_IXFR)
 class Compiled:
     """One domain's responses: the answer for its type, NODATA for the others, per-region answers."""
 
-    __slots__ = ("answer", "by_region", "name", "nodata", "rtype", "skipped")
+    __slots__ = ("answer", "by_region", "name", "nodata", "raw", "revision", "rtype", "skipped")
 
     def __init__(
         self,
@@ -103,6 +103,8 @@ class Compiled:
         self.nodata = nodata
         self.by_region = by_region  # region -> answer when the client's location matters
         self.skipped = skipped  # records that could not be encoded
+        self.revision = 0  # of the AnswerSet compiled (0: its publisher did not say)
+        self.raw = b""  # that AnswerSet encoded, as the disk snapshot stores it
 
     def answer_for(self, qtype: int) -> Answer:
         """The (location-independent) answer to a query of type ``qtype``."""
@@ -245,9 +247,10 @@ def _is_fixed(group: AnswerGroup) -> bool:
     return not group.record_weights and not group.record_regions and (not group.rotate or len(group.records) < 2)
 
 
-def compile_answer_set(aset: AnswerSet, nodata: Answer = NODATA) -> Compiled:
-    """Compile one AnswerSet; raise :class:`wire.Malformed` if its name or type is unusable."""
-    name = wire.name_to_wire(aset.domain)
+def compile_answer_set(aset: AnswerSet, nodata: Answer = NODATA, *, name: bytes | None = None) -> Compiled:
+    """Compile one AnswerSet (``name``: its wire name, when known); raise :class:`wire.Malformed` if unusable."""
+    if name is None:
+        name = wire.name_to_wire(aset.domain)
     if not aset.enabled:
         return Compiled(name, 0, None, nodata)
     rtype = wire.RECORD_TYPES.get(aset.record_type.upper())

@@ -16,8 +16,8 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
-from services.edge.table import AnswerTable
-from services.edge.topology import EMPTY, RegionMap, topology_decoder
+from services.edge.table import AnswerTable, StaleAnswer
+from services.edge.topology import RegionMap
 from shared import messages, subjects
 
 log = structlog.get_logger(__name__)
@@ -29,18 +29,26 @@ SNAPSHOT_RECHECK_S = 2.0
 
 
 class AnswerFeed:
-    """An ordered JetStream consumer (deliver last per subject) applying AnswerSets to a table."""
+    """An ordered JetStream consumer (deliver last per subject) applying AnswerSets to a table.
 
-    def __init__(self, js: JetStreamContext, table: AnswerTable) -> None:
+    With ``resync`` the table already holds answers (from a disk snapshot): once the
+    stream's snapshot is in, the names it did not carry are dropped, so live data wins.
+    """
+
+    def __init__(self, js: JetStreamContext, table: AnswerTable, *, resync: bool = False) -> None:
         self._js = js
         self._table = table
+        self._resync = resync
         self.loaded = asyncio.Event()
+        self.sequence = 0  # the highest ANSWERS stream sequence delivered (applied, or rightly skipped)
         self._sub: JetStreamContext.PushSubscription | None = None
         # Asked once: a filtered-out debug call still costs a lookup per message of the snapshot.
         self._debug = bool(getattr(log, "is_enabled_for", lambda level: True)(logging.DEBUG))
 
     async def start(self) -> None:
         """Subscribe; :attr:`loaded` is set once the snapshot has been applied."""
+        if self._resync and not self.loaded.is_set():
+            self._table.begin_resync()
         if await self._stream_empty():
             self._set_loaded()
         else:
@@ -74,6 +82,10 @@ class AnswerFeed:
         No full collection first: it would walk the whole table once more for the odd cycle.
         """
         if not self.loaded.is_set():
+            if self._resync:
+                gone = self._table.end_resync()
+                if gone:
+                    log.info("answers_dropped_not_live", domains=len(gone), sample=gone[:10])
             self.loaded.set()
             gc.freeze()
             gc.enable()
@@ -98,18 +110,23 @@ class AnswerFeed:
         try:
             self.apply(msg.data, msg.subject)
         finally:
-            if not self.loaded.is_set():
-                try:
-                    if num_pending(msg.reply or "") == 0:
-                        self._set_loaded()
-                except ValueError as exc:
-                    log.warning("bad_metadata", subject=msg.subject, error=str(exc))
+            try:
+                sequence, pending = stream_position(msg.reply or "")
+            except ValueError as exc:
+                log.warning("bad_metadata", subject=msg.subject, error=str(exc))
+            else:
+                self.sequence = max(self.sequence, sequence)
+                if pending == 0 and not self.loaded.is_set():
+                    self._set_loaded()
 
     def apply(self, data: bytes, subject: str) -> None:
-        """Decode and apply one AnswerSet; log and skip it if it is bad."""
+        """Decode and apply one AnswerSet; log and skip it if it is bad or older than the installed one."""
         try:
             aset = messages.answer_set_decoder.decode(data)
-            compiled = self._table.apply(aset)
+            compiled = self._table.apply(aset, data)
+        except StaleAnswer as stale:
+            log.info("answer_ignored_older", domain=stale.domain, revision=stale.offered, installed=stale.installed)
+            return
         except ValueError as exc:  # msgspec.ValidationError and wire.Malformed both are
             log.warning("answer_rejected", subject=subject, error=str(exc))
             return
@@ -174,26 +191,26 @@ class TopologyFeed:
         if revision and revision == self._revision:
             return  # the subscription delivers again what start() read
         try:
-            regions = RegionMap.from_topology(topology_decoder.decode(value)) if value else EMPTY
+            regions = RegionMap.from_value(value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("topology_rejected", revision=revision, error=str(exc))
             return
         self._revision = revision
-        self._table.regions = regions
+        self._table.set_topology(value, regions)
         if regions.skipped:
             log.warning("topology_entries_skipped", cidrs=regions.skipped)
         log.info("topology_applied", entries=regions.size, revision=revision)
 
 
-def num_pending(reply: str) -> int:
-    """Messages left after this one, from a JetStream reply subject (cheaper than ``msg.metadata``).
+def stream_position(reply: str) -> tuple[int, int]:
+    """(stream sequence, messages left after this one) from a JetStream reply subject.
 
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` or, with a
-    domain and account hash, ``$JS.ACK.<domain>.<hash>.<stream>...<pending>.<token>``.
+    Cheaper than ``msg.metadata``: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``
+    or, with a domain and account hash, ``$JS.ACK.<domain>.<hash>.<stream>...<pending>.<token>``.
     """
     tokens = reply.split(".")
     if len(tokens) == 9 and tokens[0] == "$JS":
-        return int(tokens[8])
+        return int(tokens[5]), int(tokens[8])
     if len(tokens) >= 11 and tokens[0] == "$JS":
-        return int(tokens[10])
+        return int(tokens[7]), int(tokens[10])
     raise ValueError(f"not a JetStream reply subject: {reply!r}")

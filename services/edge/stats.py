@@ -7,10 +7,11 @@ worked out when Prometheus scrapes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import Histogram
-from prometheus_client.core import REGISTRY, CounterMetricFamily
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from services.edge.table import AnswerTable
@@ -43,6 +44,30 @@ class QueryCounts:
         question = _question(reply) if reply[4:6] == b"\x00\x01" else b""
         key = (question.lower(), rcode)
         self.other[key] = self.other.get(key, 0) + 1
+
+
+class Serving:
+    """Where the answers being served come from: nothing yet, a disk snapshot, or NATS (live)."""
+
+    __slots__ = ("source", "written_at")
+
+    SOURCES = ("disk", "live")
+
+    def __init__(self) -> None:
+        self.source = ""  # "" until the edge answers, then "disk" or "live"
+        self.written_at = 0.0  # unix time the disk snapshot served was written
+
+    def ready(self) -> bool:
+        """Whether the edge answers (from disk or live): a load balancer should send it queries."""
+        return bool(self.source)
+
+    def detail(self) -> dict[str, str]:
+        """What ``/readyz`` adds to its body: where the answers come from."""
+        return {"source": self.source} if self.source else {}
+
+    def age_s(self) -> float:
+        """Seconds since the disk snapshot served was written (0 when serving live data)."""
+        return max(0.0, time.time() - self.written_at) if self.source == "disk" else 0.0
 
 
 class RrlCounts:
@@ -85,13 +110,16 @@ def _domain(table: AnswerTable, wire_name: bytes) -> str:
 
 
 class EdgeCollector(Collector):
-    """Exports ``gtm_edge_queries_total{domain,type,rcode}`` and ``gtm_edge_rrl_total{action}``."""
+    """Exports ``gtm_edge_queries_total{domain,type,rcode}``, ``gtm_edge_rrl_total{action}`` and the answers' source."""
 
-    def __init__(self, counts: QueryCounts, table: AnswerTable, rrl: RrlCounts | None = None) -> None:
+    def __init__(
+        self, counts: QueryCounts, table: AnswerTable, rrl: RrlCounts | None = None, serving: Serving | None = None
+    ) -> None:
         self.counts, self.table = counts, table
         self.rrl = rrl if rrl is not None else RrlCounts()
+        self.serving = serving
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         """Fold the raw counters into labelled samples."""
         totals: dict[tuple[str, str, str], int] = {}
         rows = [(q, 0, n) for q, n in list(self.counts.fast.items())]
@@ -108,8 +136,27 @@ class EdgeCollector(Collector):
         rrl.add_metric(["drop"], self.rrl.drop)
         rrl.add_metric(["slip"], self.rrl.slip)
         yield rrl
+        if self.serving is not None:
+            yield from _source_metrics(self.serving)
 
 
-def register_collector(counts: QueryCounts, table: AnswerTable, rrl: RrlCounts | None = None) -> None:
-    """Export ``counts`` (and ``rrl``) in the default registry (once per process)."""
-    REGISTRY.register(EdgeCollector(counts, table, rrl))
+def _source_metrics(serving: Serving) -> Iterator[Metric]:
+    """``gtm_edge_answers_source{source}`` (1 for the one served) and ``gtm_edge_snapshot_age_seconds``."""
+    source = GaugeMetricFamily(
+        "gtm_edge_answers_source", "1 for where the answers served come from: disk snapshot or NATS", labels=["source"]
+    )
+    for name in Serving.SOURCES:
+        source.add_metric([name], 1.0 if serving.source == name else 0.0)
+    yield source
+    yield GaugeMetricFamily(
+        "gtm_edge_snapshot_age_seconds",
+        "Age of the disk snapshot being served (0 while serving live data from NATS)",
+        value=serving.age_s(),
+    )
+
+
+def register_collector(
+    counts: QueryCounts, table: AnswerTable, rrl: RrlCounts | None = None, serving: Serving | None = None
+) -> None:
+    """Export ``counts`` (and ``rrl``, ``serving``) in the default registry (once per process)."""
+    REGISTRY.register(EdgeCollector(counts, table, rrl, serving))

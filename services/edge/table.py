@@ -9,13 +9,15 @@ Everything else goes through :meth:`AnswerTable.lookup` on the slow path.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import struct
+from collections.abc import Iterator
 
 from services.edge import wire
 from services.edge.compile import REFUSED, Answer, Compiled, Picker, compile_answer_set
 from services.edge.topology import EMPTY, RegionMap
 from services.edge.zone import Zone
-from shared.messages import AnswerSet
+from shared.messages import AnswerSet, encoder
 
 # Query types answered on the fast path (others parse the packet): what resolvers ask most.
 FAST_QTYPES = (wire.TYPE_A, wire.TYPE_AAAA, 65)  # 65: HTTPS, asked beside A and AAAA by browsers
@@ -24,33 +26,78 @@ _CNAME_TAIL = struct.pack("!HH", wire.TYPE_CNAME, wire.CLASS_IN)  # CNAME domain
 _ROOM = wire.MIN_PAYLOAD - wire.HEADER_LEN - 4  # for the name and the EDNS body
 
 
+class StaleAnswer(Exception):
+    """An AnswerSet older than the one installed for its domain: it must not replace it."""
+
+    def __init__(self, domain: str, *, installed: int, offered: int) -> None:
+        super().__init__(f"{domain}: revision {offered} is older than the installed {installed}")
+        self.domain, self.installed, self.offered = domain, installed, offered
+
+
 class AnswerTable:
     """Compiled domains, the fast-path dict keyed by lower-cased question bytes, zone and topology.
 
     ``fast`` is mutated in place, never replaced, so a responder may keep a
     reference to it.  ``regions`` is replaced whole when the topology changes.
+    Beside the compiled answers it keeps what a disk snapshot needs to rebuild
+    them: each domain's AnswerSet encoded, the tombstones with a revision, the
+    raw topology value; ``changes`` counts every change so a writer can tell.
+    Without ``keep_encoded`` (no snapshot on disk) the encoded AnswerSets are not kept.
     """
 
-    def __init__(self, zone: Zone | None = None) -> None:
+    def __init__(self, zone: Zone | None = None, *, keep_encoded: bool = True) -> None:
         self.fast: dict[bytes, Picker] = {}
+        self.keep_encoded = keep_encoded  # ~0.45 KB a domain
         self.names: dict[bytes, Compiled] = {}
         self.zone = zone
         self.regions: RegionMap = EMPTY
+        self.topology: bytes | None = None  # the config bucket's topology value behind ``regions``
+        # Deleted names and their tombstone (revision > 0 only): a late older answer must not
+        # bring them back.  Bounded by the tombstones in the stream plus those deleted since start.
+        self.tombstones: dict[bytes, AnswerSet] = {}
+        self.changes = 0
         self._below: dict[bytes, int] = {}  # names of the zone -> how many domains lie below them
+        self._seen: set[bytes] | None = None  # names applied since begin_resync()
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def apply(self, aset: AnswerSet) -> Compiled | None:
-        """Install (or, for a tombstone, remove) one domain's answers in one synchronous step."""
+    def apply(self, aset: AnswerSet, raw: bytes | None = None) -> Compiled | None:
+        """Install (or, for a tombstone, remove) one domain's answers in one synchronous step.
+
+        ``raw`` is ``aset`` as received (encoded here when not given).  Raises
+        :class:`StaleAnswer` when ``aset`` has a revision lower than the installed one.
+        """
+        try:
+            name = wire.name_to_wire(aset.domain)
+        except wire.Malformed:
+            if aset.deleted:
+                return None  # nothing by that name can be installed
+            raise
+        if self._seen is not None:
+            self._seen.add(name)
+        current = self.names.get(name)
+        if aset.revision:
+            installed = current.revision if current is not None else self.revision(name)
+            if aset.revision < installed:
+                raise StaleAnswer(aset.domain, installed=installed, offered=aset.revision)
+        self.changes += 1
         if aset.deleted:
-            self.remove(aset.domain)
+            self._remove(name)
+            if aset.revision:
+                self.tombstones[name] = aset
+            else:
+                self.tombstones.pop(name, None)  # revision 0 resets what we know of the name
             return None
-        compiled = compile_answer_set(aset)
-        name = compiled.name
+        compiled = compile_answer_set(aset, name=name)
+        compiled.revision = aset.revision
+        if self.keep_encoded:
+            compiled.raw = raw if raw is not None else encoder.encode(aset)
+        if self.tombstones:
+            self.tombstones.pop(name, None)
         if self.zone is not None and self.zone.contains(name):
             compiled.nodata = self.zone.nodata  # NODATA inside the zone carries its SOA
-        if self.names.get(name) is None:
+        if current is None:
             self._count(name, 1)
         else:
             self._drop_fast(name)
@@ -58,6 +105,44 @@ class AnswerTable:
         if compiled.rtype:
             self._add_fast(compiled)
         return compiled
+
+    def set_topology(self, value: bytes | None, regions: RegionMap) -> None:
+        """Serve ``regions``, decoded from the config bucket's topology ``value`` (kept for the snapshot)."""
+        self.regions, self.topology = regions, value or None
+        self.changes += 1
+
+    def revision(self, name: bytes) -> int:
+        """The revision of what is installed for wire ``name``: its answer, else its tombstone (0: none)."""
+        compiled = self.names.get(name)
+        if compiled is not None:
+            return compiled.revision
+        tombstone = self.tombstones.get(name)
+        return tombstone.revision if tombstone is not None else 0
+
+    def begin_resync(self) -> None:
+        """Start noting the names applied: :meth:`end_resync` then drops every other one."""
+        self._seen = set()
+
+    def end_resync(self) -> list[str]:
+        """Forget the domains and tombstones not applied since :meth:`begin_resync`; return the domains."""
+        seen, self._seen = self._seen or set(), None
+        gone = [name for name in self.names if name not in seen]
+        for name in gone:
+            self._remove(name)
+        for name in [name for name in self.tombstones if name not in seen]:
+            del self.tombstones[name]
+        if gone:
+            self.changes += 1
+        return [wire.wire_to_text(name).rstrip(".") for name in gone]
+
+    def encoded(self) -> Iterator[bytes]:
+        """Every installed AnswerSet and kept tombstone, encoded (what a disk snapshot holds).
+
+        Which ones is fixed when called; the iterator then reads them bit by bit, so that
+        a writer can pause between pieces while the table changes.
+        """
+        compiled, tombstones = list(self.names.values()), list(self.tombstones.values())
+        return itertools.chain((c.raw for c in compiled), map(encoder.encode, tombstones))
 
     def _add_fast(self, compiled: Compiled) -> None:
         """Put the fast-path responses of a domain in ``fast`` (those that fit and ignore the client)."""
@@ -80,10 +165,13 @@ class AnswerTable:
     def remove(self, domain: str) -> None:
         """Forget a domain (its name is then REFUSED, or NXDOMAIN inside the zone)."""
         with contextlib.suppress(wire.Malformed):
-            name = wire.name_to_wire(domain)
-            if self.names.pop(name, None) is not None:
-                self._drop_fast(name)
-                self._count(name, -1)
+            self._remove(wire.name_to_wire(domain))
+            self.changes += 1
+
+    def _remove(self, name: bytes) -> None:
+        if self.names.pop(name, None) is not None:
+            self._drop_fast(name)
+            self._count(name, -1)
 
     def lookup(self, name: bytes, qtype: int) -> tuple[Answer, Compiled | None]:
         """The location-independent answer for a lower-case wire ``name`` and its domain (if any)."""

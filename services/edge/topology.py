@@ -44,6 +44,11 @@ class RegionMap:
         """The map of a :class:`shared.resources.Topology`."""
         return cls([(e.cidr, e.region) for e in topology.entries])
 
+    @classmethod
+    def from_value(cls, value: bytes | None) -> RegionMap:
+        """The map of a stored topology value (None or empty: no topology); raise msgspec's errors if bad."""
+        return cls.from_topology(topology_decoder.decode(value)) if value else EMPTY
+
     def lookup(self, family: int, address: bytes, bits: int | None = None) -> str:
         """Region of ``address`` (4 or 16 bytes); only prefixes no longer than ``bits`` match; "" if none."""
         levels = self._levels.get(family)

@@ -39,13 +39,14 @@ def _worker(settings: Settings, index: int, ready_fd: int, parent: int) -> int:
     _die_with_parent(parent)
     structlog.contextvars.bind_contextvars(worker=index)
 
-    def on_ready(listen: str) -> None:
-        log.info("worker_ready", listen=listen, pid=os.getpid())
-        os.write(ready_fd, listen.encode())
+    def on_ready(listen: str, source: str) -> None:
+        log.info("worker_ready", listen=listen, pid=os.getpid(), source=source)
+        os.write(ready_fd, f"{listen} {source}".encode())
         os.close(ready_fd)
 
     try:
-        run(functools.partial(serve, settings=settings, on_ready=on_ready))
+        # They all follow the same stream, so one keeps the shared snapshot file for all.
+        run(functools.partial(serve, settings=settings, on_ready=on_ready, persist=index == 0))
         return 0
     except BaseException:  # noqa: BLE001 - report, then exit non-zero
         log.exception("worker_failed")
@@ -91,7 +92,7 @@ def supervise(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("workers_started", workers=len(children), pids=sorted(children))
-    ready: set[int] = set()
+    ready: dict[int, str] = {}  # worker index -> where its answers come from
     code = 0
     while children:
         if ready_fds:
@@ -100,13 +101,14 @@ def supervise(settings: Settings) -> int:
             readable = []
             time.sleep(0.2)
         for fd in readable:
-            listen = os.read(fd, 512).decode(errors="replace")
+            listen, _, source = os.read(fd, 512).decode(errors="replace").partition(" ")
             index = ready_fds.pop(fd)
             os.close(fd)
             if listen:
-                ready.add(index)
+                ready[index] = source
                 if len(ready) == settings.edge_workers:
-                    log.info("service_ready", listen=listen, workers=len(ready))
+                    source = "disk" if "disk" in ready.values() else "live"
+                    log.info("service_ready", listen=listen, workers=len(ready), source=source)
         code = max(code, _reap(children, stopping=bool(stopping_since)))
         if code and not stopping_since:
             on_signal(signal.SIGTERM, None)  # one worker died: stop all, let the supervisor restart us
