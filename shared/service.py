@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -16,50 +20,97 @@ log = structlog.get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_DEADLINE_S = 5.0
+_SIG_IGN = 1  # C's SIG_IGN, (void (*)(int)) 1
 
 
-def _force_exit() -> None:
+def _force_exit(seconds: float) -> None:
     # A library task that swallows its cancellation (nats-py's first connect can, while NATS
     # is unreachable) must not keep a stopped service alive: it has stopped serving already.
-    log.warning("stop_deadline_exceeded", seconds=STOP_DEADLINE_S)
+    log.warning("stop_deadline_exceeded", seconds=seconds)
     sys.stderr.flush()
     os._exit(0)
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
+def _os_ignore(sig: int) -> None:
+    """Set the kernel's disposition of ``sig`` to SIG_IGN, leaving Python's handler table alone."""
+    setsig = ctypes.pythonapi.PyOS_setsig
+    setsig.argtypes, setsig.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
+    setsig(sig, _SIG_IGN)
+
+
+def _ignore_stop_signals() -> None:
+    """Ignore SIGINT and SIGTERM from now on, never passing through SIG_DFL.
+
+    Call it outside any signal handler. First the kernel only: from then on no signal can
+    trip Python's flag. Then ``signal.signal``, which runs the handler of any signal tripped
+    before (ours: a no-op by then) and records SIG_IGN, so interpreter shutdown leaves the
+    disposition alone (it resets Python-level handlers to SIG_DFL).
+    """
+    for sig in STOP_SIGNALS:
+        _os_ignore(sig)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _start_deadline(seconds: float) -> None:
+    # The timer thread blocks the stop signals, so they keep reaching the main thread only.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        deadline = threading.Timer(seconds, _force_exit, args=(seconds,))
+        deadline.daemon = True
+        deadline.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def install_stop_signals(stop: asyncio.Event, *, deadline_s: float = STOP_DEADLINE_S) -> None:
     """Make the first SIGINT or SIGTERM set ``stop``; ignore any later one.
 
     A Ctrl-C reaches a whole process group and a supervisor may then send its own
     SIGTERM: that second signal must not kill a process that is already draining
-    (nor one that has left its event loop and is tearing down).
+    (nor one that has left its event loop and is tearing down). So the handlers are
+    plain ``signal`` handlers, installed once and never removed while the loop runs:
+    ``loop.remove_signal_handler`` would pass through SIG_DFL, and a handler that
+    changed dispositions itself could find a second signal already tripped and have
+    CPython report it "ignored due to race condition". uvloop wakes up for them as
+    asyncio does. ``run`` ignores them once the loop has closed.
+    The first signal also starts a ``deadline_s`` timer that ends the process.
     """
     loop = asyncio.get_running_loop()
+    fired = False
 
-    def on_signal() -> None:
-        stop.set()
-        deadline = threading.Timer(STOP_DEADLINE_S, _force_exit)
-        deadline.daemon = True
-        deadline.start()
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, signal.SIG_IGN)
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        _start_deadline(deadline_s)
+        with contextlib.suppress(RuntimeError):  # the loop has closed already: nothing to stop
+            loop.call_soon_threadsafe(stop.set)
 
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, on_signal)
+        signal.signal(sig, on_signal)
 
 
-def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)`` on uvloop where available; signals set ``stop``."""
+def run(main: Callable[[asyncio.Event], Awaitable[None]], *, stop_deadline_s: float = STOP_DEADLINE_S) -> None:
+    """Run ``main(stop)`` on uvloop where available; signals set ``stop``.
+
+    A process that got a stop signal exits at the latest ``stop_deadline_s`` after it.
+    """
 
     async def wrapper() -> None:
         stop = asyncio.Event()
-        install_stop_signals(stop)
+        install_stop_signals(stop, deadline_s=stop_deadline_s)
         await main(stop)
         log.info("service_stopped")
 
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(wrapper())
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     else:
-        uvloop.run(wrapper())
+        runner = uvloop.run
+    try:
+        runner(wrapper())
+    finally:
+        _ignore_stop_signals()

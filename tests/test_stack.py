@@ -32,6 +32,15 @@ def test_plan_uses_an_existing_nats_when_nats_url_is_set(tmp_path: Path) -> None
     assert all(p.env["NATS_URL"] == "nats://10.0.0.1:4222" for p in plan.services)
 
 
+def test_plan_keeps_each_edges_answers_apart_under_the_data_dir(tmp_path: Path) -> None:
+    plan = build_plan({}, data_dir=tmp_path)
+    assert plan.data_dir == str(tmp_path)
+    states = {p.name: p.env["GTM_EDGE_STATE_DIR"] for p in plan.services if p.name.startswith("edge")}
+    assert states == {"edge1": str(tmp_path / "edge1"), "edge2": str(tmp_path / "edge2")}
+    chosen = build_plan({"GTM_EDGE_STATE_DIR": "/var/lib/gtm"}, data_dir=tmp_path)
+    assert {p.env["GTM_EDGE_STATE_DIR"] for p in chosen.services if p.name.startswith("edge")} == {"/var/lib/gtm"}
+
+
 def _events(path: Path) -> list[dict]:
     out = []
     for line in path.read_text(errors="replace").splitlines():

@@ -7,13 +7,14 @@ import os
 import sys
 from pathlib import Path
 
+from services.stack.children import stop_deadline_s
 from services.stack.plan import build_plan
 from services.stack.supervise import supervise
 from shared import logs, service
 
 
 def main() -> None:
-    """Plan the stack from the environment and supervise it until a signal."""
+    """Plan the stack from the environment and supervise it until a signal or a crash loop."""
     logs.configure(
         service="stack",
         level=os.environ.get("GTM_LOG_LEVEL", "info"),
@@ -26,7 +27,7 @@ def main() -> None:
         nonlocal code
         code = await supervise(plan, stop)
 
-    service.run(run)
+    service.run(run, stop_deadline_s=stop_deadline_s())
     sys.exit(code)
 
 

@@ -9,6 +9,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from services.stack.children import die_with_parent, stop_deadline_s
 from services.stack.plan import build_plan
 from services.stack.supervise import supervise
 from shared import logs, service
@@ -47,8 +48,8 @@ def _load(base: str) -> None:
         urllib.request.urlopen(req, timeout=5).close()
 
 
-async def _wait_http(url: str, stop: asyncio.Event) -> bool:
-    while not stop.is_set():
+async def _wait_http(url: str, stop: asyncio.Event, stack: asyncio.Task[int]) -> bool:
+    while not stop.is_set() and not stack.done():
         try:
             await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=1).close())
             return True
@@ -71,11 +72,12 @@ def main() -> None:
             await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "http.server", str(PORT), "--bind", ip,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                preexec_fn=die_with_parent(),
             )
             for ip in (PRIMARY, BACKUP)
         ]
         stack = asyncio.create_task(supervise(plan, stop))
-        if await _wait_http(base + "/readyz", stop):
+        if await _wait_http(base + "/readyz", stop, stack):
             await asyncio.to_thread(_load, base + "/api/v1")
             edge = plan.edges[0][1]
             print(
@@ -92,7 +94,7 @@ def main() -> None:
                 b.terminate()
             await b.wait()
 
-    service.run(run)
+    service.run(run, stop_deadline_s=stop_deadline_s())
     sys.exit(code)
 
 

@@ -30,6 +30,7 @@ class Plan(Struct, kw_only=True, frozen=True):
     services: list[Proc]
     api: tuple[str, int]
     edges: list[tuple[str, int]]
+    data_dir: str = ""  # one stack at a time may use it ("" = none: nothing to lock)
 
 
 def nats_server_binary() -> str:
@@ -67,9 +68,11 @@ def build_plan(env: Mapping[str, str], *, data_dir: Path) -> Plan:
     ]
     edge_listens = [e.strip() for e in env.get("GTM_EDGES", DEFAULT_EDGES).split(",") if e.strip()]
     for i, listen in enumerate(edge_listens, start=1):
+        # Each edge keeps its answers under the data directory, never beside another edge's.
+        state = {} if "GTM_EDGE_STATE_DIR" in env else {"GTM_EDGE_STATE_DIR": str(data_dir / f"edge{i}")}
         services.append(
-            Proc(name=f"edge{i}", argv=[*py, "services.edge"], env={**base, "GTM_DNS_LISTEN": listen})
+            Proc(name=f"edge{i}", argv=[*py, "services.edge"], env={**base, **state, "GTM_DNS_LISTEN": listen})
         )
     api = split_host_port(env.get("GTM_API_LISTEN", "127.0.0.1:8080"), default_port=8080)
     edges = [split_host_port(e, default_port=53) for e in edge_listens]
-    return Plan(nats=nats, nats_url=nats_url, services=services, api=api, edges=edges)
+    return Plan(nats=nats, nats_url=nats_url, services=services, api=api, edges=edges, data_dir=str(data_dir))

@@ -1,149 +1,208 @@
-"""Start the planned processes, wait until the stack answers, stop it all on a signal."""
+"""Start the planned processes, keep each one running, stop them all on a signal.
+
+A child that exits is started again on its own, after a capped exponential backoff;
+nothing else is touched (the services reconnect to a restarted NATS by themselves).
+Only a crash loop (``RestartPolicy``) stops the whole stack, with a non-zero code.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import socket
 import time
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import structlog
 
+from services.stack import preflight
+from services.stack.children import Named, spawn, terminate
 from services.stack.plan import Plan, Proc
+from services.stack.probes import tcp_open, wait_ready
+from services.stack.restart import GiveUp, Restart, RestartPolicy, RestartTracker
 
 log = structlog.get_logger(__name__)
 
-STOP_GRACE_S = 10.0
-SELF_EXIT_S = 0.5
+NATS_START_S = 15.0
+REFUSED = 2  # the exit code when the stack did not start anything
 
 
-async def _spawn(proc: Proc, *, own_session: bool = False) -> asyncio.subprocess.Process:
-    child = await asyncio.create_subprocess_exec(
-        *proc.argv, env=proc.env or None, start_new_session=own_session
-    )
-    log.info("process_started", process=proc.name, pid=child.pid)
-    return child
+class Child:
+    """One planned process and its current incarnation."""
 
+    def __init__(self, proc: Proc, *, own_session: bool, policy: RestartPolicy) -> None:
+        self.proc = proc
+        self.own_session = own_session
+        self.tracker = RestartTracker(policy)
+        self.process: asyncio.subprocess.Process | None = None
+        self.since = 0.0
 
-async def _tcp_open(host: str, port: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection(host, port)
-            writer.close()
-            return True
-        await asyncio.sleep(0.05)
-    return False
+    @property
+    def name(self) -> str:
+        """The process's name in the plan and in every log line."""
+        return self.proc.name
 
+    async def start(self) -> asyncio.subprocess.Process:
+        """Start a new incarnation (one that fails to start counts as up for no time)."""
+        self.process = None
+        self.since = time.monotonic()
+        self.process = await spawn(self.proc, own_session=self.own_session)
+        return self.process
 
-async def _http_ready(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError):
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(f"GET /readyz HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        await writer.drain()
-        status = await reader.readline()
-        writer.close()
-        return b" 200 " in status
-    return False
-
-
-def _dns_ready(host: str, port: int) -> bool:
-    # Any reply at all (REFUSED included) means the edge loaded its snapshot and listens.
-    query = b"\x12\x34\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ready\x03gtm\x00\x00\x01\x00\x01"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        try:
-            s.sendto(query, (host, port))
-            return s.recv(512)[:2] == b"\x12\x34"
-        except OSError:
-            return False
-
-
-async def _wait_ready(plan: Plan, started: float, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        api_ok = await _http_ready(*plan.api)
-        edges_ok = all(_dns_ready(h, p) for h, p in plan.edges)
-        if api_ok and edges_ok:
-            log.info(
-                "stack_ready",
-                seconds=round(time.monotonic() - started, 2),
-                api=f"http://{plan.api[0]}:{plan.api[1]}/api/v1",
-                dns=[f"{h}:{p}" for h, p in plan.edges],
-                nats=plan.nats_url,
+    def exited(self, code: int | None) -> Restart | GiveUp:
+        """Log the exit and decide what comes next."""
+        now = time.monotonic()
+        up_s = now - self.since
+        pid = self.process.pid if self.process else None
+        log.warning("process_exited", process=self.name, pid=pid, code=code, up_s=round(up_s, 2))
+        decision = self.tracker.exited(now=now, up_s=up_s)
+        if isinstance(decision, GiveUp):
+            log.error(
+                "process_crash_loop",
+                process=self.name,
+                exits=decision.exits,
+                window_s=decision.window_s,
+                hint="it keeps exiting: see its log lines above; stopping the stack",
             )
-            return True
-        await asyncio.sleep(0.1)
-    return False
+        return decision
 
 
-async def _stop_group(group: list[tuple[str, asyncio.subprocess.Process]]) -> None:
-    """Stop processes together: let those already signalled exit, SIGTERM the rest, then SIGKILL."""
-    alive = [(n, c) for n, c in group if c.returncode is None]
-    if alive:
-        # A Ctrl-C reaches the whole process group: most children are already stopping.
-        await asyncio.wait([asyncio.ensure_future(c.wait()) for _, c in alive], timeout=SELF_EXIT_S)
-    for _, child in alive:
-        if child.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGTERM)
-    for name, child in group:
+def _children(plan: Plan, policy: RestartPolicy) -> list[Child]:
+    # NATS stays out of the terminal's process group: a Ctrl-C or a signal to
+    # the group must not kill it before the services have drained.
+    nats = [Child(plan.nats, own_session=True, policy=policy)] if plan.nats is not None else []
+    return [*nats, *(Child(p, own_session=False, policy=policy) for p in plan.services)]
+
+
+async def _start_all(plan: Plan, children: list[Child], stop: asyncio.Event) -> bool:
+    """Start NATS, wait for its port, then the services (none once ``stop`` is set)."""
+    for child in children:
+        if stop.is_set():
+            break
         try:
-            await asyncio.wait_for(child.wait(), STOP_GRACE_S)
-        except TimeoutError:
-            log.warning("process_killed", process=name)
-            child.kill()
-            await child.wait()
-        log.info("process_stopped", process=name, code=child.returncode)
-
-
-async def _terminate(children: list[tuple[str, asyncio.subprocess.Process]]) -> None:
-    """Stop the services first, NATS last, so the services can drain."""
-    await _stop_group([(n, c) for n, c in children if n != "nats"])
-    await _stop_group([(n, c) for n, c in children if n == "nats"])
-
-
-async def supervise(plan: Plan, stop: asyncio.Event) -> int:
-    """Run the stack until ``stop`` is set or a child dies; return an exit code."""
-    started = time.monotonic()
-    children: list[tuple[str, asyncio.subprocess.Process]] = []
-    code = 0
-    try:
-        if plan.nats is not None:
-            # NATS stays out of the terminal's process group: a Ctrl-C or a signal to
-            # the group must not kill it before the services have drained.
-            children.append(("nats", await _spawn(plan.nats, own_session=True)))
+            process = await child.start()
+        except OSError as exc:
+            log.error("process_start_failed", process=child.name, argv=child.proc.argv, error=str(exc))
+            return False
+        log.info("process_started", process=child.name, pid=process.pid)
+        if child.name == "nats":
             url = urlparse(plan.nats_url)
-            if not await _tcp_open(url.hostname or "127.0.0.1", url.port or 4222, 15):
-                log.error("nats_not_listening", url=plan.nats_url, hint="is port 4222 already in use?")
-                return 1
-        for proc in plan.services:
-            children.append((proc.name, await _spawn(proc)))
-        waiters = {asyncio.ensure_future(c.wait()): name for name, c in children}
-        ready = asyncio.ensure_future(_wait_ready(plan, started))
-        stopped = asyncio.ensure_future(stop.wait())
-        pending = {*waiters, ready, stopped}
-        while True:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if stopped in done:
-                break
-            if ready in done and not ready.result():
-                log.error("stack_not_ready", hint="see the services' log lines above")
-                code = 1
-                break
-            died = [waiters[d] for d in done if d in waiters]
-            if died:
-                # On Ctrl-C the whole process group gets SIGINT: a child may exit first.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
-                if not stop.is_set():
-                    log.error("process_exited", process=died[0])
-                    code = 1
-                break
-        for task in pending:
-            task.cancel()
+            port = url.port or 4222
+            if not await tcp_open(url.hostname or "127.0.0.1", port, NATS_START_S):
+                log.error("nats_not_listening", url=plan.nats_url, hint="see nats-server's lines above")
+                return False
+    return True
+
+
+class _Watch:
+    """The supervisor's loop: child exits, restart timers, readiness and the stop signal."""
+
+    def __init__(self, plan: Plan, children: list[Child], stop: asyncio.Event, started: float) -> None:
+        self.exits: dict[asyncio.Future[int], Child] = {}
+        self.timers: dict[asyncio.Future[None], tuple[Child, Restart]] = {}
+        for child in children:
+            self._watch(child)
+        self.ready: asyncio.Future[bool] | None = asyncio.ensure_future(wait_ready(plan, started))
+        self.stopped = asyncio.ensure_future(stop.wait())
+
+    def _watch(self, child: Child) -> None:
+        assert child.process is not None
+        self.exits[asyncio.ensure_future(child.process.wait())] = child
+
+    def _pending(self) -> set[asyncio.Future[Any]]:
+        ready = [self.ready] if self.ready is not None else []
+        return {self.stopped, *ready, *self.exits, *self.timers}
+
+    async def run(self) -> int:
+        """Until the stop signal (0), a crash loop or a stack that never gets ready (1)."""
+        try:
+            while True:
+                done = (await asyncio.wait(self._pending(), return_when=asyncio.FIRST_COMPLETED))[0]
+                if self.stopped in done:
+                    return 0
+                if self.ready in done:
+                    if not self.ready.result():
+                        log.error("stack_not_ready", hint="see the services' log lines above")
+                        return 1
+                    self.ready = None
+                if not self._on_exits(done) or not await self._on_timers(done):
+                    return 1
+        finally:
+            for future in self._pending():
+                future.cancel()
+
+    def _on_exits(self, done: set[asyncio.Future[Any]]) -> bool:
+        for future in [f for f in done if f in self.exits]:
+            child = self.exits.pop(future)
+            if self.stopped.done():
+                continue  # a Ctrl-C reached the child first: not a crash
+            decision = child.exited(future.result())
+            if isinstance(decision, GiveUp):
+                return False
+            # The delay also lets our own SIGINT land first when a Ctrl-C hit the whole group.
+            self.timers[asyncio.ensure_future(asyncio.sleep(decision.delay_s))] = (child, decision)
+        return True
+
+    async def _on_timers(self, done: set[asyncio.Future[Any]]) -> bool:
+        for future in [f for f in done if f in self.timers]:
+            child, decision = self.timers.pop(future)
+            if self.stopped.done():
+                return True
+            try:
+                process = await child.start()
+            except OSError as exc:
+                log.error("process_start_failed", process=child.name, error=str(exc))
+                again = child.exited(None)
+                if isinstance(again, GiveUp):
+                    return False
+                self.timers[asyncio.ensure_future(asyncio.sleep(again.delay_s))] = (child, again)
+                continue
+            log.info(
+                "process_restarted",
+                process=child.name,
+                pid=process.pid,
+                attempt=decision.attempt,
+                delay_s=decision.delay_s,
+            )
+            self._watch(child)
+        return True
+
+
+def _claim(plan: Plan) -> tuple[bool, int | None]:
+    """Take the data directory and check every port: (free, the lock), a refusal logged."""
+    lock = preflight.lock_data_dir(Path(plan.data_dir)) if plan.data_dir else None
+    if plan.data_dir and lock is None:
+        log.error(
+            "data_dir_in_use",
+            data_dir=str(Path(plan.data_dir).resolve()),
+            hint="another make run uses this directory: stop it, or set GTM_DATA_DIR",
+        )
+        return False, None
+    busy = preflight.taken(plan)
+    if busy:
+        log.error(
+            "ports_in_use",
+            ports=busy,
+            hint="another make run or program holds them: stop it, "
+            "or set GTM_NATS_PORT, GTM_API_LISTEN, GTM_EDGES",
+        )
+        preflight.release(lock)
+        return False, None
+    return True, lock
+
+
+async def supervise(plan: Plan, stop: asyncio.Event, *, policy: RestartPolicy | None = None) -> int:
+    """Run the stack until ``stop`` is set or a child keeps crashing; return an exit code."""
+    started = time.monotonic()
+    free, lock = _claim(plan)
+    if not free:
+        return REFUSED
+    children = _children(plan, policy or RestartPolicy())
+    try:
+        if not await _start_all(plan, children, stop):
+            return 1
+        return await _Watch(plan, children, stop, started).run()
     finally:
-        await _terminate(children)
-    return code
+        running: list[Named] = [(c.name, c.process) for c in children if c.process is not None]
+        await terminate(running)
+        preflight.release(lock)
