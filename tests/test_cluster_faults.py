@@ -72,6 +72,17 @@ async def _write_back_after(url: str, stream: str, killed: float) -> float:
         await nc.close()
 
 
+async def _declare(url: str, replicas: int) -> None:
+    nc = await nats.connect(url.split(","))
+    try:
+        js = nc.jetstream(timeout=5)
+        await bus.ensure_streams(js, replicas=replicas)
+        await bus.config_bucket(js, replicas=replicas)
+        await bus.leases_bucket(js, replicas=replicas)
+    finally:
+        await nc.close()
+
+
 class Cluster:
     """Three NATS nodes, config, two schedulers and two edges, all on the cluster."""
 
@@ -85,6 +96,8 @@ class Cluster:
 
     def start(self) -> None:
         self.nats.start()
+        # as nats-init does in the deployments: declare the streams once the cluster has formed
+        wait_until(lambda: asyncio.run(_declare(self.nats.url, 3)) is None, timeout=60, step=0.5)
         env = {"NATS_URL": self.nats.url, "GTM_API_LISTEN": f"127.0.0.1:{self.api_port}", "GTM_SCHEDULER_LEASE_S": "2"}
         self.procs = [
             Service("config", env, self.log_dir),
@@ -209,22 +222,11 @@ def test_killing_the_leader_of_each_stream_and_bucket_loses_nothing(cluster: Clu
     assert resolver.failed == 0
 
 
-async def _create_r1(url: str) -> None:
-    nc = await nats.connect(url.split(","))
-    try:
-        js = nc.jetstream(timeout=5)
-        await bus.ensure_streams(js, replicas=1)
-        await bus.config_bucket(js, replicas=1)
-        await bus.leases_bucket(js, replicas=1)
-    finally:
-        await nc.close()
-
-
 def test_init_raises_existing_single_replica_streams_and_buckets_to_three(tmp_path: Path) -> None:
     cluster = NatsCluster(tmp_path / "nats")
     cluster.start()
     try:
-        wait_until(lambda: asyncio.run(_create_r1(cluster.url)) is None, timeout=30, step=0.5)
+        wait_until(lambda: asyncio.run(_declare(cluster.url, 1)) is None, timeout=30, step=0.5)
         assert {r for _, r in _leaders_sync(cluster.url).values()} == {1}
         init = subprocess.run(
             [sys.executable, "-m", "shared.bus", "--init"],
