@@ -39,6 +39,11 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
+def kv_subject_prefix(bucket: str) -> str:
+    """The subject prefix of the keys of KV bucket ``bucket`` (JetStream's naming)."""
+    return f"$KV.{bucket}."
+
+
 def token(name: str) -> str:
     """Make a pool or address name safe as one subject token / KV key part."""
     return name.replace(".", "=2E")

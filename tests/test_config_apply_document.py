@@ -269,12 +269,12 @@ async def test_a_write_failing_midway_reports_the_changes_already_applied(api: C
             if not self.raced:
                 self.raced = True
                 other = {"record_type": "A", "pools": [{"pool": "Old"}]}
-                await ConfigStore(self.kv, self.js).put(DOMAIN, "late.example.com", json.dumps(other).encode(),
+                await ConfigStore(self.kv, self.js, view=self.view).put(DOMAIN, "late.example.com", json.dumps(other).encode(),
                                                         if_match=None)
             return await super().put(kind, name, body, if_match=if_match)
 
-    assert backend.kv is not None and backend.js is not None
-    store = RacingStore(backend.kv, backend.js)
+    assert backend.kv is not None and backend.js is not None and backend.view is not None
+    store = RacingStore(backend.kv, backend.js, view=backend.view)
     document = {"pools": {"Primary-DC": DOC["pools"]["Primary-DC"]}, "domains": {}}
     reply = await apply_document(store, DocumentRequest(document=document, prune=True))
     assert reply.status == 409 and reply.body["error"]["field"] == "pools.Old"

@@ -256,7 +256,7 @@ class Preview(ConfigStore):
     """
 
     def __init__(self, store: ConfigStore) -> None:
-        super().__init__(store.kv, store.js)
+        super().__init__(store.kv, store.js, view=store.view)
         self._pending: dict[tuple[str, str], Stored | None] = {}  # None: deleted
         self._lists: dict[str, list[Stored]] = {}
 

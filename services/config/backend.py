@@ -19,6 +19,7 @@ from services.config import apply
 from services.config.documents import DOMAIN, POOL
 from services.config.errors import Unavailable, error_body
 from services.config.store import ConfigStore
+from services.config.view import ConfigView
 from services.config.views import EventLog, ProbeTable, render_status
 from shared import bus, ops, subjects
 from shared.messages import (
@@ -53,6 +54,7 @@ class Backend:
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
         self._store: ConfigStore | None = None
+        self.view: ConfigView | None = None
 
     async def start(self) -> None:
         """Connect (waiting for NATS as long as it takes), declare streams, fill the caches."""
@@ -62,7 +64,9 @@ class Backend:
         replicas = bus.replicas(self.nc, self.settings.nats)
         await bus.ensure_streams(self.js, replicas=replicas)
         self.kv = await bus.config_bucket(self.js, replicas=replicas)
-        self._store = ConfigStore(self.kv, self.js, on_event=self._on_own_event)
+        self.view = ConfigView(self.js)
+        await self.view.start()
+        self._store = ConfigStore(self.kv, self.js, view=self.view, on_event=self._on_own_event)
         await self.nc.subscribe(subjects.PROBE_RESULT_ALL, cb=self._on_probe_result)
         await self._follow_events()
         await self.nc.subscribe(subjects.CONFIG_APPLY, queue=apply.QUEUE_GROUP, cb=self._on_apply)

@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -49,6 +48,7 @@ from services.config.validation import (
     validate_template,
     validate_topology,
 )
+from services.config.view import ConfigView
 from shared import subjects
 from shared.messages import OperationEvent, encoder
 from shared.resources import (
@@ -66,10 +66,7 @@ from shared.resources import (
 log = structlog.get_logger(__name__)
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
-_SCAN_TIMEOUT_S = 5.0
 _REWRITE_ATTEMPTS = 3
-_KV_OPERATION = "KV-Operation"
-_KV_DELETES = ("DEL", "PURGE")
 
 
 @dataclass(frozen=True)
@@ -89,10 +86,12 @@ class ConfigStore:
         kv: KeyValue,
         js: JetStreamContext,
         *,
+        view: ConfigView,
         on_event: Callable[[int, OperationEvent], None] = lambda seq, ev: None,
     ) -> None:
         self.kv = kv
         self.js = js
+        self.view = view
         self.on_event = on_event
         self._lock = asyncio.Lock()
 
@@ -131,29 +130,9 @@ class ConfigStore:
         return sorted(out, key=lambda s: s.name)
 
     async def _scan(self, prefix: str) -> list[tuple[str, bytes, int]]:
-        """(key, value, revision) of every live key under ``prefix``.
-
-        nats.py's KV watcher may signal "no more initial values" before handing over values
-        it already received, so this reads last-per-subject itself, until nothing is pending.
-        """
-        kv: Any = self.kv  # the bucket's stream and subject prefix are nats.py attributes
-        sub = await self.js.subscribe(
-            f"{kv._pre}{prefix}>", stream=kv._stream, ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        )
-        out: list[tuple[str, bytes, int]] = []
-        try:
-            info = await sub.consumer_info()
-            pending = (info.num_pending or 0) + (info.delivered.consumer_seq if info.delivered else 0)
-            while pending:
-                msg = await sub.next_msg(timeout=_SCAN_TIMEOUT_S)
-                pending = msg.metadata.num_pending
-                if msg.data and (msg.headers or {}).get(_KV_OPERATION) not in _KV_DELETES:
-                    out.append((msg.subject[len(kv._pre) :], msg.data, msg.metadata.sequence.stream))
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        return out
+        """(key, value, revision) of every live key under ``prefix``, including every write made so far."""
+        await self.view.caught_up()
+        return self.view.scan(prefix)
 
     async def domains_using(self, pool: str) -> list[str]:
         """Names of the domains that use ``pool``."""

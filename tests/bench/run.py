@@ -137,6 +137,8 @@ BENCHES: dict[str, Callable[[], None]] = {
     "failover": _later("tests.bench.failover", "bench_failover"),
     "prober": _later("tests.bench.prober", "bench_prober"),
     "scheduler": _later("tests.bench.scheduler", "bench_scheduler"),
+    "fairness": _later("tests.bench.fairness", "bench_fairness"),
+    "api": _later("tests.bench.api", "bench_api"),
 }
 
 
