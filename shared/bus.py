@@ -120,7 +120,8 @@ _background: set[asyncio.Future[None]] = set()
 def _ordered_subscriptions(nc: Client) -> list[Any]:
     # nats.py keeps an ordered consumer's state on the core subscription (``_jsi``); it has no
     # public way to ask for a resume, so this is the one place that reaches into it.
-    return [sub for sub in list(nc._subs.values()) if getattr(sub, "_jsi", None) is not None and sub._jsi._ordered]
+    subs: list[Any] = list(nc._subs.values())
+    return [sub for sub in subs if getattr(sub, "_jsi", None) is not None and sub._jsi._ordered]
 
 
 async def resume_consumers(nc: Client) -> None:
