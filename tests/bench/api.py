@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.support import Api, NatsServer, Service, free_port
+from tests.support import Api, NatsServer, Service, free_port, wait_until
 
 READERS = 16
 SECONDS = 10
@@ -72,9 +72,7 @@ def bench_api(root: str | None = None) -> None:
             config.env["PYTHONPATH"] = root
         config.start()
         api = Api(f"http://127.0.0.1:{port}/api/v1")
-        deadline = time.monotonic() + 30
-        while api.get("/pools")[0] != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: api.get("/pools")[0] == 200, timeout=30)
         for i in range(POOLS):
             api.put(f"/pools/P{i}", {"type": "ipv4", "addresses": [{"name": "a", "address": f"192.0.2.{i + 1}"}]})
         r = list_load(api.base)
