@@ -1,4 +1,4 @@
-"""UDP and TCP DNS listeners around a Responder (SO_REUSEPORT, RFC 7766 framing, UDP rate limiting)."""
+"""UDP and TCP DNS listeners around a Responder (SO_REUSEPORT, UDP rate limiting; TCP in :mod:`.tcp`)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import structlog
 from services.edge.responder import Responder
 from services.edge.rrl import DROP, Limiter, truncated
 from services.edge.stats import ANSWER_SECONDS, LATENCY_SAMPLE
+from services.edge.tcp import MAX_TCP_CONNECTIONS, TCP_IDLE_S, TCP_STALL_S, TcpConnections, TcpProtocol, limit_buffers
 
 log = structlog.get_logger(__name__)
 
-TCP_IDLE_S = 10.0
-MAX_TCP_CONNECTIONS = 1024
 UDP_RCVBUF = 4 * 1024 * 1024
 TCP_BACKLOG = 1024
 RRL_TICK_S = 0.02  # how often the loop moves the rate limiter's coarse clock (it counts whole seconds)
@@ -31,6 +30,7 @@ def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            limit_buffers(sock)  # before listen(): accepted connections inherit them
         else:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
@@ -96,91 +96,6 @@ class UdpProtocol(asyncio.DatagramProtocol):
         pass  # ICMP port unreachable from clients that left
 
 
-class TcpConnections:
-    """Counts open TCP connections to enforce a cap, and closes them all on shutdown."""
-
-    def __init__(self, limit: int = MAX_TCP_CONNECTIONS) -> None:
-        self.limit = limit
-        self.open: set[TcpProtocol] = set()
-
-    def close_all(self) -> None:
-        """Abort every open connection."""
-        for conn in list(self.open):
-            conn.close()
-
-
-class TcpProtocol(asyncio.Protocol):
-    """RFC 7766: 2-byte length framing, pipelined queries, idle timeout."""
-
-    def __init__(self, responder: Responder, conns: TcpConnections, idle_s: float = TCP_IDLE_S) -> None:
-        self._answer = responder.answer
-        self._conns = conns
-        self._idle_s = idle_s
-        self._buf = bytearray()
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._peer: Any = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._peer = transport.get_extra_info("peername")
-        if len(self._conns.open) >= self._conns.limit:
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self._conns.open.add(self)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._conns.open.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-        self._transport = None
-
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
-        self._arm()
-        out = []
-        buf = self._buf
-        while len(buf) >= 2:
-            size = (buf[0] << 8) | buf[1]
-            if len(buf) < 2 + size:
-                break
-            message = bytes(buf[2 : 2 + size])
-            del buf[: 2 + size]
-            try:
-                reply = self._answer(message, True, self._peer)
-            except Exception:
-                log.exception("dns_answer_failed", size=size)
-                reply = None
-            if reply is not None:
-                out.append(len(reply).to_bytes(2, "big") + reply)
-        if out and self._transport is not None:
-            self._transport.write(b"".join(out))
-
-    def pause_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.pause_reading()  # a client that does not read gets no more answers
-
-    def resume_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.resume_reading()
-
-    def close(self) -> None:
-        """Close the connection now."""
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._idle_s, self._idle)
-
-    def _idle(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-
 class DnsListener:
     """One UDP endpoint and one TCP server on the same address."""
 
@@ -191,13 +106,14 @@ class DnsListener:
         port: int,
         *,
         tcp_idle_s: float = TCP_IDLE_S,
+        tcp_stall_s: float = TCP_STALL_S,
         max_tcp: int = MAX_TCP_CONNECTIONS,
         limiter: Limiter | None = None,
     ) -> None:
         self.responder = responder
         self.limiter = limiter
         self.host, self.port = host, port
-        self.tcp_idle_s = tcp_idle_s
+        self.tcp_idle_s, self.tcp_stall_s = tcp_idle_s, tcp_stall_s
         self.conns = TcpConnections(max_tcp)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -214,7 +130,9 @@ class DnsListener:
         if self.limiter is not None:
             self._tick()
         self._tcp = await loop.create_server(
-            lambda: TcpProtocol(self.responder, self.conns, self.tcp_idle_s), sock=tsock
+            lambda: TcpProtocol(self.responder, self.conns, self.tcp_idle_s, self.tcp_stall_s),
+            sock=tsock,
+            backlog=TCP_BACKLOG,  # create_server listens again, with 100 unless told: SYNs dropped in bursts
         )
 
     async def stop(self) -> None:
