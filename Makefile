@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run demo test bench browser clean
+.PHONY: install run demo test lint bench browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,9 +31,14 @@ browser:
 	  { command -v apt-get >/dev/null && $(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null' || \
 	    echo "chromium not installed: the console's browser test will skip"; }
 
+# Lint and types first (ruff and mypy --strict, configured in pyproject.toml), then the suite.
 # pytest exits 5 when it collects no tests: that is not a failure of the suite.
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services shared tests
+	$(PY) -m mypy
 
 # Benchmarks print figures (never asserted): the edge beside gdnsd, publish->serve latency, snapshots.
 bench: $(STAMP)

@@ -20,8 +20,8 @@ import nats
 import pytest
 
 from shared import bus, subjects
-from shared.settings import NatsSettings
 from shared.messages import AnswerSet, OperationEvent, PoolState, encoder
+from shared.settings import NatsSettings
 from tests.support import ROOT, Api, NatsCluster, Service, dns_query, free_port, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -36,10 +36,9 @@ from shared.messages import (
     encoder,
 )
 from shared.settings import NatsSettings, Settings
-from tests.support import Api, HttpBackend, Service, Stack, free_port, wait_until
+from tests.support import BACKUP_IP, DOMAIN, PRIMARY_IP, Api, HttpBackend, Service, Stack, free_port, wait_until
 
 Client = TestClient[web.Request, web.Application]
-from tests.support import BACKUP_IP, DOMAIN, PRIMARY_IP
 
 CHECK = {"protocol": "http", "path": "/", "interval_s": 1, "timeout_s": 0.5, "failures": 1, "successes": 1}
 TOKEN = "s3cret"

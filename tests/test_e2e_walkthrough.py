@@ -8,11 +8,9 @@ import dns.flags
 import dns.rcode
 import pytest
 
-from tests.support import HttpBackend, Stack, dns_query, wait_until
+from tests.support import BACKUP_IP, DOMAIN, PRIMARY_IP, HttpBackend, Stack, dns_query, wait_until
 
 pytestmark = pytest.mark.e2e
-
-from tests.support import BACKUP_IP, DOMAIN, PRIMARY_IP
 
 CHECK = {"protocol": "http", "path": "/", "interval_s": 1, "timeout_s": 0.5, "failures": 1, "successes": 1}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -102,10 +103,8 @@ def test_an_answer_older_than_the_installed_one_is_ignored(
 def test_whatever_the_arrival_order_the_last_of_the_newest_revision_wins(steps: list[tuple[int, bool, int]]) -> None:
     table = AnswerTable()
     for revision, deleted, octet in steps:
-        try:
+        with contextlib.suppress(StaleAnswer):
             table.apply(a_set("h.example.com", f"192.0.2.{octet}", revision=revision, deleted=deleted))
-        except StaleAnswer:
-            pass
     newest = max(revision for revision, _, _ in steps)
     _, deleted, octet = [step for step in steps if step[0] == newest][-1]
     assert served(table, "h.example.com") == ("REFUSED" if deleted else [f"192.0.2.{octet}"])

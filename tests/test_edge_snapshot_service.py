@@ -4,8 +4,8 @@ disk at once, then follows live data when NATS is back; a damaged file is never 
 from __future__ import annotations
 
 import asyncio
-import socket
 import json
+import socket
 import time
 import urllib.error
 import urllib.request

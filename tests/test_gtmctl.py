@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import document
 from services.gtmctl.cli import main
+from shared import document
 from tests.support import Api, Service, free_port
 
 DOC = """
@@ -110,6 +110,19 @@ def test_status_events_and_explain_print_the_domain(
     assert "disabled" in out and "client 10.1.2.0/24" in out
     assert run(api, "get", "domain", "www.example.com") == 0
     assert '"record_type": "A"' in capsys.readouterr().out
+
+
+def test_explain_finds_the_region_of_a_client_when_the_topology_holds_both_address_families(
+    api: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(api, "apply", "-f", write(tmp_path, DOC)) == 0
+    topology = {"entries": [{"cidr": "2001:db8::/32", "region": "v6"}, {"cidr": "10.0.0.0/8", "region": "cn-east"}]}
+    assert Api(f"{api}/api/v1").put("/topology", topology)[0] in (200, 201)
+    capsys.readouterr()
+    assert run(api, "explain", "www.example.com", "--client-subnet", "10.1.2.0/24") == 0
+    assert "region cn-east via 10.0.0.0/8" in capsys.readouterr().out
+    assert run(api, "explain", "www.example.com", "--client-subnet", "2001:db8:1::/48") == 0
+    assert "region v6" in capsys.readouterr().out
 
 
 def test_unknown_kinds_in_a_document_are_refused() -> None:

@@ -13,8 +13,8 @@ import pytest
 from nats.aio.client import Client
 
 from services.scheduler.lease import Lease, StaleWatch
-from shared.bus import leases_bucket
 from shared import bus, subjects
+from shared.bus import leases_bucket
 from tests.support import Service
 from tests.test_scheduler_engine import DOMAIN, World, dom, result
 from tests.test_scheduler_service import Probe, domain

@@ -103,9 +103,11 @@ class RunningStack:
         return self.log.read_text(errors="replace")[-4000:]
 
     def api_ready(self) -> bool:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/readyz", timeout=2) as resp:
-                return bool(resp.status == 200)
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/readyz", timeout=2) as resp,
+        ):
+            return bool(resp.status == 200)
         return False
 
     def nats_open(self) -> bool:

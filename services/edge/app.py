@@ -213,9 +213,9 @@ async def serve(
 
         connecting = asyncio.ensure_future(_retry("nats_connect", lambda: bus.connect(settings.nats), stop))
         stack.callback(connecting.cancel)
-        if path is not None and await _nats_away(connecting, settings.nats.url):
-            if await _load_disk(path, table, serving):
-                await answer_from("disk")
+        away = path is not None and await _nats_away(connecting, settings.nats.url)
+        if away and path is not None and await _load_disk(path, table, serving):
+            await answer_from("disk")
         nc = await connecting
         if nc is None:
             return

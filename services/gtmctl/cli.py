@@ -129,6 +129,18 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _covers(entry: Network, net: Network) -> bool:
+    """Whether topology ``entry`` contains ``net`` (never across address families)."""
+    if isinstance(entry, ipaddress.IPv4Network) and isinstance(net, ipaddress.IPv4Network):
+        return net.subnet_of(entry)
+    if isinstance(entry, ipaddress.IPv6Network) and isinstance(net, ipaddress.IPv6Network):
+        return net.subnet_of(entry)
+    return False
+
+
 def _explain_client(client: Client, subnet: str, dom: dict[str, Any]) -> int:
     try:
         net = ipaddress.ip_network(subnet, strict=False)
@@ -136,8 +148,7 @@ def _explain_client(client: Client, subnet: str, dom: dict[str, Any]) -> int:
         print(f"error: {subnet!r} is not a subnet", file=sys.stderr)
         return 2
     topo = client.call("GET", "/topology").get("entries", [])
-    matches = [e for e in topo if net.subnet_of(ipaddress.ip_network(e["cidr"], strict=False))
-               if ipaddress.ip_network(e["cidr"], strict=False).version == net.version]
+    matches = [e for e in topo if _covers(ipaddress.ip_network(e["cidr"], strict=False), net)]
     best = max(matches, key=lambda e: ipaddress.ip_network(e["cidr"], strict=False).prefixlen, default=None)
     region = best["region"] if best else None
     print(f"client {net}: region {region or '(none: no topology entry matches)'}"
