@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
+import inspect
 import itertools
 import json
 import os
@@ -60,6 +62,32 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, step: flo
             last_exc = exc
         time.sleep(step)
     raise TimeoutError(f"condition not met in {timeout}s (last error: {last_exc!r})")
+
+
+async def until(
+    predicate: Callable[[], Any], *, timeout: float = 10.0, step: float = 0.02, what: str = "condition"
+) -> Any:
+    """Poll ``predicate`` (sync, or async) until it returns something truthy; return that value.
+
+    On timeout raise ``AssertionError`` naming ``what`` and the predicate's last error, never return
+    a falsy value that a caller could mistake for a result.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
+        except AssertionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - polled condition may fail until ready
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met in {timeout}s (last error: {last_exc!r})")
+        await asyncio.sleep(step)
 
 
 def nats_server_binary() -> str:

@@ -25,7 +25,7 @@ from shared.messages import (
     encoder,
 )
 from shared.settings import NatsSettings, Settings
-from tests.support import Api, NatsServer, Service, free_port, wait_until
+from tests.support import Api, NatsServer, Service, free_port, until, wait_until
 
 POOL_V4 = {
     "type": "ipv4",
@@ -62,16 +62,6 @@ async def call(client: Client, method: str, path: str, body: Any = None, **kw: A
     async with client.request(method, path, **kw) as resp:
         text = await resp.text()
         return resp.status, (await resp.json(content_type=None)) if text else None
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    """Poll an async check until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
 
 
 async def events_in_stream(nc: NatsClient) -> int:
@@ -415,7 +405,7 @@ async def test_every_accepted_write_publishes_an_operation_event(api: Client, nc
     async def four() -> bool:
         return len(received) >= 4
 
-    await eventually(four)
+    await until(four)
     got = [msgspec.json.decode(r) for r in received]
     assert [(g["method"], g["resource"], g["name"], g["domain"]) for g in got] == [
         ("PUT", "pool", "Primary-DC", ""),
@@ -455,7 +445,7 @@ async def test_events_include_switches_from_the_scheduler_and_filter(
         events: list[dict[str, Any]] = (await call(api, "GET", "/api/v1/events?kind=switch"))[1]["events"]
         return events
 
-    got = await eventually(lambda: _len_at_least(switches, 2))
+    got = await until(lambda: _len_at_least(switches, 2))
     assert [e["domain"] for e in got] == ["other.example.com", "www.example.com"]
     www = got[1]
     assert www["message"] == "switched from Primary-DC to Backup-DC: Primary-DC unavailable"
@@ -524,7 +514,7 @@ async def test_status_shows_answer_pool_state_and_latest_checks(api: Client, nc:
         checks = body["pools"][0]["addresses"][0]["checks"]
         return body if checks and checks[0]["ok"] else None
 
-    body = await eventually(status)
+    body = await until(status)
     assert body["answer"]["pool"] == "Primary-DC" and body["answer"]["records"] == ["192.0.2.1"]
     assert body["answer"]["ttl"] == 30 and body["answer"]["fallback"] is False
     assert body["answer"]["published_at"].endswith("Z")

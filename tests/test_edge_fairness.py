@@ -13,7 +13,6 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from services.edge.server import DnsListener
 from services.edge.table import AnswerTable
 from services.edge.tcp import TcpConnections
 from tests.bench.fairness import TCP_ESTABLISHED, HostileTcp, framed_query, tcp_latency, udp_latencies
-from tests.support import answer_addresses, dns_query, free_port, wait_until
+from tests.support import answer_addresses, dns_query, free_port, until, wait_until
 from tests.test_edge_service import a_set, edge, publish
 
 NAME = "fair.example.com"
@@ -97,11 +96,6 @@ def _established(sock: socket.socket) -> bool:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED
 
 
-async def _until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.02)
 
 
 async def _answered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -134,8 +128,8 @@ async def test_a_client_that_never_reads_stops_being_read_and_is_aborted(port: i
         assert sent < 2**20  # no longer read: the kernel's buffers (not the payload) bound what it takes
         (conn,) = listener.conns.open
         assert conn.stalled and list(listener.conns.stalled) == [conn]
-        await _until(lambda: not listener.conns.open)  # stalled past tcp_stall_s: aborted
-        await _until(lambda: not _established(sock))
+        await until(lambda: not listener.conns.open)  # stalled past tcp_stall_s: aborted
+        await until(lambda: not _established(sock))
     finally:
         sock.close()
         await listener.stop()
@@ -153,7 +147,7 @@ async def test_at_the_cap_a_stalled_then_an_idle_connection_makes_room_else_a_ne
         first_r, first_w = await _ask(port)
         second_r, second_w = await _ask(port)  # the cap is full: the stalled connection went for it
         writers += [first_w, second_w]
-        await _until(lambda: not _established(stalled))
+        await until(lambda: not _established(stalled))
         refused_r, refused_w = await asyncio.open_connection("127.0.0.1", port)
         writers.append(refused_w)
         assert await _closed_by_edge(refused_r)  # both active just now: the newcomer is refused
@@ -175,10 +169,10 @@ async def test_an_idle_client_with_unread_answers_is_reset_not_left_half_closed(
     sock = _non_reader(port)
     try:
         sock.send(QUERY * 1500)  # ~50 KiB of answers: more than it lets in, less than stalls the edge
-        await _until(lambda: listener.conns.open and not next(iter(listener.conns.open)).queued)
+        await until(lambda: listener.conns.open and not next(iter(listener.conns.open)).queued)
         assert not listener.conns.stalled
         # A FIN would wait behind the unread answers for ever; idle, it is reset instead.
-        await _until(lambda: not _established(sock))
+        await until(lambda: not _established(sock))
         assert not listener.conns.open
     finally:
         sock.close()

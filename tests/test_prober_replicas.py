@@ -7,7 +7,7 @@ import asyncio
 import collections
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from services.prober.membership import owner
 from shared import messages, subjects
 from shared.messages import ProbeResult, ProberHeartbeat
 from shared.resources import Address, HealthCheck
-from tests.support import HttpBackend, Service
+from tests.support import HttpBackend, Service, until
 from tests.test_prober_service import Results, http_backend, kv, put_pool, results  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
@@ -73,12 +73,6 @@ def _probed_by(items: list[ProbeResult], region: str) -> dict[str, collections.C
     return out
 
 
-async def _until(pred: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met")
-        await asyncio.sleep(0.05)
 
 
 async def test_each_region_checks_every_address_and_r1_replicas_split_them_then_take_over(
@@ -89,7 +83,7 @@ async def test_each_region_checks_every_address_and_r1_replicas_split_them_then_
         fleet.start(region, prober)
     await fleet.ready()
     # Steady state: wait until every address has been checked in both regions, plus one interval.
-    await _until(lambda: all(len(_probed_by(results.items, r)) == len(KEYS) for r in ("r1", "r2")), 10)
+    await until(lambda: all(len(_probed_by(results.items, r)) == len(KEYS) for r in ("r1", "r2")), timeout=10)
     await asyncio.sleep(INTERVAL_S)
 
     mark = results.mark()
@@ -112,7 +106,7 @@ async def test_each_region_checks_every_address_and_r1_replicas_split_them_then_
         after = [r for r in results.items if r.at > killed_at and r.region == "r1"]
         return all(any(r.key == k and r.prober == R1[1] for r in after) for k in orphans)
 
-    await _until(taken_over, 2 * INTERVAL_S)  # within two check intervals of the kill
+    await until(taken_over, timeout=2 * INTERVAL_S)  # within two check intervals of the kill
     await asyncio.sleep(INTERVAL_S)
     mark = results.mark()
     await asyncio.sleep(2 * INTERVAL_S)
@@ -134,16 +128,16 @@ async def test_a_replica_that_stops_cleanly_hands_over_and_a_new_one_takes_its_s
     fleet.start("r1", R1[0])
     fleet.start("r1", R1[1])
     await fleet.ready()
-    await _until(lambda: len(_probed_by(results.items, "r1")) == len(KEYS), 10)
+    await until(lambda: len(_probed_by(results.items, "r1")) == len(KEYS), timeout=10)
 
     stopped_at = time.time()
     assert await asyncio.to_thread(fleet.procs[R1[1]].stop) == 0
     assert any(b.prober == R1[1] and b.stopping for b in beats)
     # The stopping heartbeat hands its share over at once: the survivor checks it within one interval.
     orphans = [k for k, o in _owners(R1).items() if o == R1[1]]
-    await _until(
+    await until(
         lambda: all(any(r.key == k and r.prober == R1[0] and r.at > stopped_at for r in results.items) for k in orphans),
-        INTERVAL_S + 1.5,
+        timeout=INTERVAL_S + 1.5,
     )
 
     fleet.start("r1", "r1-c")

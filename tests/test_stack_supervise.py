@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 from services.stack import preflight
 from services.stack.plan import Plan, Proc
 from services.stack.restart import RestartPolicy
 from services.stack.supervise import REFUSED, supervise
-from tests.support import free_port
+from tests.support import free_port, until
 
 FAST = RestartPolicy(first_delay_s=0.01, max_delay_s=0.05)
 
@@ -48,11 +47,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_child_that_exits_is_restarted_and_its_sibling_keeps_running(tmp_path: Path) -> None:
@@ -60,7 +54,7 @@ async def test_a_child_that_exits_is_restarted_and_its_sibling_keeps_running(tmp
     steady = _sh("steady", "exec sleep 60", tmp_path)
     stop = asyncio.Event()
     task = asyncio.create_task(supervise(_plan(tmp_path, flaky, steady), stop, policy=FAST))
-    await _until(lambda: len(_pids(tmp_path, "flaky")) == 2 and _alive(_pids(tmp_path, "flaky")[1]))
+    await until(lambda: len(_pids(tmp_path, "flaky")) == 2 and _alive(_pids(tmp_path, "flaky")[1]))
     await asyncio.sleep(0.3)  # nothing else happens meanwhile
     assert len(_pids(tmp_path, "flaky")) == 2
     assert len(_pids(tmp_path, "steady")) == 1 and _alive(_pids(tmp_path, "steady")[0])
@@ -83,7 +77,7 @@ async def test_stop_during_a_backoff_restarts_nothing(tmp_path: Path) -> None:
     crasher = _sh("crasher", "exit 3", tmp_path)
     stop = asyncio.Event()
     task = asyncio.create_task(supervise(_plan(tmp_path, crasher), stop, policy=RestartPolicy(first_delay_s=60.0)))
-    await _until(lambda: len(_pids(tmp_path, "crasher")) == 1)
+    await until(lambda: len(_pids(tmp_path, "crasher")) == 1)
     await asyncio.sleep(0.2)
     stop.set()
     assert await asyncio.wait_for(task, 30) == 0  # long before the 60 s backoff
@@ -95,7 +89,7 @@ async def test_a_second_stack_on_the_same_data_dir_refuses_and_leaves_the_first_
     steady = _sh("steady", "exec sleep 60", tmp_path)
     stop = asyncio.Event()
     first = asyncio.create_task(supervise(_plan(tmp_path, steady, data_dir=data), stop, policy=FAST))
-    await _until(lambda: len(_pids(tmp_path, "steady")) == 1)
+    await until(lambda: len(_pids(tmp_path, "steady")) == 1)
     other = _sh("other", "exec sleep 60", tmp_path)
     assert await asyncio.wait_for(supervise(_plan(tmp_path, other, data_dir=data), asyncio.Event()), 10) == REFUSED
     assert _pids(tmp_path, "other") == []
