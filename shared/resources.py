@@ -42,8 +42,6 @@ DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
 class ResourceError(ValueError):
     """A resource failed validation; ``field`` is its JSON path."""
 
-    code = "invalid_argument"
-
     def __init__(self, message: str, field: str = "") -> None:
         super().__init__(message)
         self.message = message

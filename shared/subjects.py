@@ -74,11 +74,6 @@ def answers(domain: str) -> str:
     return f"{_ANSWERS_PREFIX}{domain}"
 
 
-def domain_from_answers(subject: str) -> str:
-    """Domain name of an ``answers.publish.<domain>`` subject."""
-    return subject[len(_ANSWERS_PREFIX) :]
-
-
 def switch_event(domain: str) -> str:
     """Subject of a switch event of ``domain``."""
     return f"events.switch.{domain}"

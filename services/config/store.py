@@ -79,7 +79,7 @@ class Stored:
 
 
 class ConfigStore:
-    """Reads and validated writes of pools and domains; every accepted write is logged as an event."""
+    """Reads (from the bucket view) and validated writes of every config resource, each write logged."""
 
     def __init__(
         self,
