@@ -94,7 +94,13 @@ async def connect(settings: NatsSettings, **kwargs: Any) -> Client:
         "name": settings.name,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
-        "connect_timeout": 2,
+        # A partition closes no socket: without our own PINGs (nats.py's default: every 2 min) a dead
+        # link goes unnoticed for minutes and TCP's retransmission backoff delays the heal.  With one
+        # per second a dead link is noticed within 3 s, and a reconnect attempt started during a cut
+        # gives up soon enough for the one after the heal to come within a second (TLS needs longer).
+        "ping_interval": 1,
+        "max_outstanding_pings": 2,
+        "connect_timeout": 2 if settings.tls_ca or settings.tls_cert else 0.5,
         "allow_reconnect": True,
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,

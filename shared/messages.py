@@ -57,6 +57,7 @@ class PoolState(_Message, tag="pool_state.v1", kw_only=True, frozen=True):
     warming: bool = False
     region: str = ""
     at: float = 0.0
+    term: int = 0  # the publishing leader's term, as on AnswerSet (0: not said)
 
 
 class AnswerGroup(_Message, tag="answer_group.v1", kw_only=True, frozen=True):
@@ -102,6 +103,11 @@ class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
     # the previous revision + 1 when that is higher): an edge never replaces an answer with
     # one of a lower revision, so no late publication can bring an older decision back.
     revision: int = 0
+    # The term of the scheduler that published it: the revision of the lease key when that
+    # scheduler became leader, rising with every takeover.  An edge that has seen a higher term
+    # ignores a lower one for a name it serves (a deposed leader's publication arriving late).
+    # 0: the publisher did not say (never fenced).
+    term: int = 0
 
 
 class SwitchEvent(_Message, tag="switch_event.v1", kw_only=True, frozen=True):

@@ -16,7 +16,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
-from services.edge.table import AnswerTable, StaleAnswer
+from services.edge.table import AnswerTable, StaleAnswer, StaleTerm
 from services.edge.topology import RegionMap
 from shared import messages, subjects
 
@@ -47,6 +47,9 @@ class AnswerFeed:
 
     async def start(self) -> None:
         """Subscribe; :attr:`loaded` is set once the snapshot has been applied."""
+        if not self.loaded.is_set():
+            # Terms count in stream order: a disk snapshot's answers came in no particular order.
+            self._table.forget_terms()
         if self._resync and not self.loaded.is_set():
             self._table.begin_resync()
         if await self._stream_empty():
@@ -124,6 +127,9 @@ class AnswerFeed:
         try:
             aset = messages.answer_set_decoder.decode(data)
             compiled = self._table.apply(aset, data)
+        except StaleTerm as stale:
+            log.info("answer_ignored_stale_term", domain=stale.domain, term=stale.offered, highest=stale.installed)
+            return
         except StaleAnswer as stale:
             log.info("answer_ignored_older", domain=stale.domain, revision=stale.offered, installed=stale.installed)
             return

@@ -34,6 +34,14 @@ class StaleAnswer(Exception):
         self.domain, self.installed, self.offered = domain, installed, offered
 
 
+class StaleTerm(StaleAnswer):
+    """An AnswerSet of a lower term than the highest seen, for a name already served: a deposed leader's."""
+
+    def __init__(self, domain: str, *, highest: int, offered: int) -> None:
+        super().__init__(domain, installed=highest, offered=offered)
+        self.args = (f"{domain}: term {offered} is older than the highest term seen, {highest}",)
+
+
 class AnswerTable:
     """Compiled domains, the fast-path dict keyed by lower-cased question bytes, zone and topology.
 
@@ -43,6 +51,12 @@ class AnswerTable:
     them: each domain's AnswerSet encoded, the tombstones with a revision, the
     raw topology value; ``changes`` counts every change so a writer can tell.
     Without ``keep_encoded`` (no snapshot on disk) the encoded AnswerSets are not kept.
+
+    Fencing: ``highest_term`` is the highest scheduler term among the AnswerSets applied.
+    In stream order a lower one can only come from a leader that has been replaced and
+    whose publication landed late; for a name already served (or tombstoned) it is
+    ignored.  For a name not served at all it is installed: a deposed leader's last
+    decision beats no answer, and the current leader publishes over it.
     """
 
     def __init__(self, zone: Zone | None = None, *, keep_encoded: bool = True) -> None:
@@ -56,6 +70,7 @@ class AnswerTable:
         # bring them back.  Bounded by the tombstones in the stream plus those deleted since start.
         self.tombstones: dict[bytes, AnswerSet] = {}
         self.changes = 0
+        self.highest_term = 0
         self._below: dict[bytes, int] = {}  # names of the zone -> how many domains lie below them
         self._seen: set[bytes] | None = None  # names applied since begin_resync()
 
@@ -66,6 +81,7 @@ class AnswerTable:
         """Install (or, for a tombstone, remove) one domain's answers in one synchronous step.
 
         ``raw`` is ``aset`` as received (encoded here when not given).  Raises
+        :class:`StaleTerm` when ``aset`` comes from a replaced leader (see the class), and
         :class:`StaleAnswer` when ``aset`` has a revision lower than the installed one.
         """
         try:
@@ -77,6 +93,11 @@ class AnswerTable:
         if self._seen is not None:
             self._seen.add(name)
         current = self.names.get(name)
+        if aset.term:
+            if aset.term < self.highest_term and (current is not None or name in self.tombstones):
+                raise StaleTerm(aset.domain, highest=self.highest_term, offered=aset.term)
+            if aset.term > self.highest_term:
+                self.highest_term = aset.term  # even if older by revision: a newer leader exists
         if aset.revision:
             installed = current.revision if current is not None else self.revision(name)
             if aset.revision < installed:
@@ -105,6 +126,10 @@ class AnswerTable:
         if compiled.rtype:
             self._add_fast(compiled)
         return compiled
+
+    def forget_terms(self) -> None:
+        """Start counting terms again (before the stream replays its answers in stream order)."""
+        self.highest_term = 0
 
     def set_topology(self, value: bytes | None, regions: RegionMap) -> None:
         """Serve ``regions``, decoded from the config bucket's topology ``value`` (kept for the snapshot)."""

@@ -193,11 +193,11 @@ def _answer(base: AnswerSet, groups: list[AnswerGroup], pool: str) -> AnswerSet:
 
 
 def same_content(a: AnswerSet | None, b: AnswerSet | None) -> bool:
-    """Whether two answer sets are equal apart from ``published_at`` and ``revision``."""
+    """Whether two answer sets are equal apart from ``published_at``, ``revision`` and ``term``."""
     if a is None or b is None:
         return a is b
-    return msgspec.structs.replace(a, published_at=0.0, revision=0) == msgspec.structs.replace(
-        b, published_at=0.0, revision=0
+    return msgspec.structs.replace(a, published_at=0.0, revision=0, term=0) == msgspec.structs.replace(
+        b, published_at=0.0, revision=0, term=0
     )
 
 

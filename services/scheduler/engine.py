@@ -7,7 +7,10 @@ pool and domains of its address, and only when that address's state changed.
 
 An engine that has not started (or was paused: a standby scheduler) keeps
 following config and health but decides nothing; :meth:`Engine.take_over`
-makes it decide, starting from what was last published.
+makes it decide, starting from what was last published.  Everything it
+publishes carries its leader's ``term``; :meth:`Engine.repair` and
+:meth:`Engine.repair_pool` answer a lower-term publication that landed after
+its own (see :mod:`services.scheduler.fencing`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .decide import (
     pool_state,
     same_content,
 )
+from .fencing import repair_revision
 from .health import (
     AddressStatus,
     LastResult,
@@ -112,6 +116,9 @@ class Engine:
         self.pending: set[str] = set()  # checked keys waiting for a first result or their interval
         self.retry_domains: set[str] = set()
         self.retry_pools: set[str] = set()
+        self.term = 0  # of the leader this engine decides for (stamped on what it publishes)
+        # domain -> a stale answer's revision that its first answer must go above (not decided yet)
+        self.floors: dict[str, int] = {}
 
     # -- loading previous decisions -------------------------------------------------
 
@@ -129,9 +136,11 @@ class Engine:
         self.config_loaded = True
 
     def take_over(
-        self, answers: list[AnswerSet], pool_states: list[PoolState], *, now: float, at: float
+        self, answers: list[AnswerSet], pool_states: list[PoolState], *, now: float, at: float, term: int = 0
     ) -> Outputs:
-        """Become the deciding engine, continuing from exactly what was last published."""
+        """Become the deciding engine of a leader of ``term``, continuing from exactly what was last published."""
+        self.term = term
+        self.floors.clear()
         self.answers.clear()
         self.pool_states.clear()
         self.current.clear()
@@ -281,6 +290,43 @@ class Engine:
             changed.append(key)
         return changed
 
+    def repair(self, stale: AnswerSet, *, at: float) -> Outputs:
+        """A lower-term answer landed after ours (a deposed leader's, late): publish ours over it.
+
+        Ours goes out again with our term and a revision above the stale one; a domain not
+        decided yet gets its first answer above it; a name we do not serve gets a tombstone.
+        """
+        out = Outputs()
+        if not self.started:
+            return out
+        name = stale.domain
+        own = self.answers.get(name)
+        if own is not None:
+            fixed = msgspec.structs.replace(
+                own, term=self.term, published_at=at, revision=repair_revision(own.revision, stale.revision, at=at)
+            )
+            self.answers[name] = fixed
+            out.answers.append(fixed)
+        elif name in self.domains:
+            self.floors[name] = max(self.floors.get(name, 0), stale.revision)
+        elif not stale.deleted:
+            self._tombstone(name, stale, at=at, out=out)
+        return out
+
+    def repair_pool(self, stale: PoolState, *, at: float) -> Outputs:
+        """A lower-term pool view landed after ours: publish ours over it (or remove an unknown pool's)."""
+        out = Outputs()
+        if not self.started:
+            return out
+        own = self.pool_states.get(stale.pool)
+        if own is not None:
+            fixed = msgspec.structs.replace(own, term=self.term, at=at)
+            self.pool_states[stale.pool] = fixed
+            out.pool_states.append(fixed)
+        elif stale.pool not in self.pools:
+            out.removed_pools.append(stale.pool)
+        return out
+
     def publish_failed(self, *, domains: list[str], pools: list[str]) -> None:
         """Publications that did not reach NATS: republish them on the next tick."""
         self.retry_domains.update(domains)
@@ -342,14 +388,14 @@ class Engine:
                 self._refresh_domain(d, at=at, out=out)
 
     def _emit_pool_state(self, view: PoolView, *, at: float, out: Outputs) -> None:
-        state = pool_state(view, at=at, current=self.current.get(view.name))
+        state = msgspec.structs.replace(pool_state(view, at=at, current=self.current.get(view.name)), term=self.term)
         old = self.pool_states.get(view.name)
         force = view.name in self.retry_pools
         self.retry_pools.discard(view.name)
         if (
             force
             or old is None
-            or msgspec.structs.replace(old, at=0.0) != msgspec.structs.replace(state, at=0.0)
+            or msgspec.structs.replace(old, at=0.0, term=0) != msgspec.structs.replace(state, at=0.0, term=0)
         ):
             self.pool_states[view.name] = state
             out.pool_states.append(state)
@@ -371,7 +417,8 @@ class Engine:
         answer = decide_domain(name, domain, revision=revision, views=self.views, previous=previous)
         if same_content(previous, answer) and not force:
             return
-        answer = msgspec.structs.replace(answer, published_at=at, revision=next_revision(previous, at=at))
+        revision = max(next_revision(previous, at=at), self.floors.pop(name, -1) + 1)
+        answer = msgspec.structs.replace(answer, published_at=at, revision=revision, term=self.term)
         switch = detect_switch(domain, previous, answer, views=self.views, at=at)
         self.answers[name] = answer
         out.answers.append(answer)
@@ -390,6 +437,7 @@ class Engine:
             config_revision=previous.config_revision if revision is None else revision,
             published_at=at,
             revision=next_revision(previous, at=at),
+            term=self.term,
         )
         self.answers[name] = tomb
         out.answers.append(tomb)

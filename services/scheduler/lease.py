@@ -4,7 +4,13 @@ The holder rewrites the key every ``lease_s / 3`` with ``update(last=revision)``
 A standby polls the key and takes it over, again with ``update(last=revision)``
 so that only one standby wins, once the revision it sees has not moved for
 ``lease_s`` of its own monotonic clock: no clock is compared across machines.
-A holder that cannot renew gives up before a standby may take over.
+A holder that cannot renew gives up before a standby may take over: it is
+:meth:`Lease.valid` only until ``HOLDER_MARGIN`` of the lease has passed since
+its last renewal was sent, whatever its loop is doing.
+
+The revision written by a successful take-over is the holder's ``term``: every
+later take-over writes a higher one, so it orders leaders (see
+:mod:`services.scheduler.fencing`).
 """
 
 from __future__ import annotations
@@ -67,10 +73,23 @@ class Lease:
         self.clock = clock
         self.held = False
         self.revision = 0  # our revision of the key while held
+        self.term = 0  # the revision our take-over wrote: rises with every take-over
         self.renewed_at = 0.0  # when the last successful renewal was sent
         self.watch = StaleWatch()
         self.last_error = ""
         self.previous_holder = ""  # who held the lease before we took it ("" = nobody)
+
+    def valid(self) -> bool:
+        """Whether we hold the lease now: held, and renewed less than ``HOLDER_MARGIN`` of it ago.
+
+        Checked right before every publication, so that a holder whose loop has not yet
+        noticed a failed renewal still stops in time.
+        """
+        return self.held and self.clock() < self.renewed_at + self.lease_s * HOLDER_MARGIN
+
+    def lose(self, reason: str) -> None:
+        """Stop holding the lease without touching the key (another leader has shown itself)."""
+        self.held, self.last_error = False, reason
 
     def next_step_s(self) -> float:
         """How long to wait before the next :meth:`step`."""
@@ -128,6 +147,7 @@ class Lease:
             self.last_error = repr(exc)
             return
         self.held, self.renewed_at, self.last_error = True, now, ""
+        self.term = self.revision
 
     async def release(self) -> None:
         """Give the lease up (on shutdown) so that a standby takes over at once."""
