@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from shared import subjects
 from shared.settings import NatsSettings
@@ -121,6 +121,25 @@ async def connect(settings: NatsSettings, **kwargs: Any) -> Client:
 
 
 _background: set[asyncio.Future[None]] = set()
+
+
+DELETE_OPS = (KV_DEL, KV_PURGE)  # a KV entry's ``operation`` when it says the key is gone
+
+
+def is_delete(headers: dict[str, str] | None) -> bool:
+    """Whether a KV stream message is a delete or purge marker (nats.py's operation headers)."""
+    headers = headers or {}
+    return headers.get(KV_OP) in DELETE_OPS or KV_MARKER_REASON in headers
+
+
+async def unsubscribe(sub: Any) -> None:
+    """Unsubscribe ``sub`` if there is one (best effort: NATS may be away)."""
+    if sub is None:
+        return
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:  # noqa: BLE001 - shutting down anyway
+        log.debug("unsubscribe_failed", error=str(exc))
 
 
 def _ordered_subscriptions(nc: Client) -> list[Any]:

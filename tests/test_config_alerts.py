@@ -19,7 +19,8 @@ from shared import subjects
 from shared.messages import AddressState, PoolState, SwitchEvent, encoder
 from shared.resources import AlertTarget
 from shared.settings import NatsSettings, Settings
-from tests.test_config_api import Client, call, eventually
+from tests.support import until
+from tests.test_config_api import Client, call
 
 POLICY = AlertPolicy(retry_delays_s=(0.05, 0.1), timeout_s=0.5, queue_size=100)
 
@@ -97,7 +98,7 @@ async def _targets(api: Client, notifier: Notifier, receivers: dict[str, Receive
     async def known() -> bool:
         return all(n in notifier.workers and notifier.workers[n].target.url == r.url for n, r in receivers.items())
 
-    assert await eventually(known)
+    assert await until(known)
 
 
 def _state(available: bool, a_up: bool, at: float) -> PoolState:
@@ -121,7 +122,7 @@ async def _posts(receiver: Receiver, n: int, timeout: float = 10.0) -> list[dict
     async def enough() -> bool:
         return len(receiver.posts) >= n
 
-    assert await eventually(enough, timeout), (receiver.url, receiver.attempts, receiver.posts)
+    assert await until(enough, timeout=timeout), (receiver.url, receiver.attempts, receiver.posts)
     return receiver.posts
 
 
@@ -163,7 +164,7 @@ async def test_a_target_that_keeps_failing_is_given_up_after_the_retries(
         async def given_up() -> bool:
             return worker.failed == 3
 
-        assert await eventually(given_up)
+        assert await until(given_up)
         assert broken.attempts == 3 * (len(POLICY.retry_delays_s) + 1) and worker.delivered == 0
     finally:
         await broken.stop()
@@ -179,7 +180,7 @@ async def test_changing_and_deleting_a_target_follows_the_config(
     async def narrowed() -> bool:
         return notifier.workers["ok"].target.kinds == ["pool"]
 
-    assert await eventually(narrowed)
+    assert await until(narrowed)
     await _switches(nc)
     assert [p["kind"] for p in await _posts(receivers["ok"], 1)] == ["pool"]
     assert await call(api, "DELETE", "/api/v1/alert-targets/ok") == (204, None)
@@ -187,7 +188,7 @@ async def test_changing_and_deleting_a_target_follows_the_config(
     async def gone() -> bool:
         return "ok" not in notifier.workers
 
-    assert await eventually(gone)
+    assert await until(gone)
 
 
 async def test_a_full_queue_drops_new_alerts_instead_of_blocking() -> None:
@@ -199,7 +200,7 @@ async def test_a_full_queue_drops_new_alerts_instead_of_blocking() -> None:
             for i in range(5):
                 worker.offer({"kind": "pool", "message": str(i)})  # returns at once
             assert worker.queue.qsize() == 2 and worker.dropped == 3
-            await eventually(lambda: _true(hung.attempts == 1))
+            await until(lambda: _true(hung.attempts == 1))
             worker.offer({"kind": "pool", "message": "5"})  # room for one again while the first hangs
             assert worker.queue.qsize() == 2 and worker.dropped == 3
             await worker.stop()

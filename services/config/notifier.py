@@ -20,13 +20,12 @@ from nats.js.api import DeliverPolicy
 
 from services.config.alerts import Alert, PoolWatch, domain_alert, wanted
 from services.config.backend import Backend
-from shared import subjects
+from shared import bus, subjects
 from shared.messages import SwitchEvent, event_decoder, pool_state_decoder
 from shared.resources import AlertTarget
 
 log = structlog.get_logger(__name__)
 
-_DELETE_OPS = ("DEL", "PURGE")
 target_decoder = msgspec.json.Decoder(AlertTarget)
 
 
@@ -189,7 +188,7 @@ class Notifier:
 
     async def _apply_entry(self, entry: Any) -> None:
         _, name = subjects.parse_config_key(entry.key)
-        if entry.operation in _DELETE_OPS or not entry.value:
+        if entry.operation in bus.DELETE_OPS or not entry.value:
             await self.set_target(name, None)
             return
         try:

@@ -17,10 +17,9 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE
 
 from services.config.errors import Unavailable
-from shared import subjects
+from shared import bus, subjects
 
 log = structlog.get_logger(__name__)
 
@@ -53,11 +52,7 @@ class ConfigView:
 
     async def stop(self) -> None:
         """Unsubscribe (best effort: NATS may be away)."""
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:  # noqa: BLE001 - shutting down anyway
-                log.debug("unsubscribe_failed", error=str(exc))
+        await bus.unsubscribe(self._sub)
 
     async def _on_message(self, msg: Msg) -> None:
         try:
@@ -67,8 +62,7 @@ class ConfigView:
 
     def apply(self, key: str, value: bytes, headers: dict[str, str] | None, seq: int) -> None:
         """Apply one message of the bucket's stream (a value, or a delete or purge marker)."""
-        headers = headers or {}
-        if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers or not value:
+        if bus.is_delete(headers) or not value:
             self.entries.pop(key, None)
         else:
             self.entries[key] = (value, seq)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Any
 
 import msgspec
 import structlog
@@ -14,11 +13,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
 from services.edge.table import AnswerTable, StaleAnswer, StaleTerm
 from services.edge.topology import RegionMap
-from shared import messages, subjects
+from shared import bus, messages, subjects
 
 log = structlog.get_logger(__name__)
 
@@ -95,11 +94,7 @@ class AnswerFeed:
 
     async def stop(self) -> None:
         """Unsubscribe (best effort: NATS may be away)."""
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:  # noqa: BLE001 - shutting down anyway
-                log.debug("unsubscribe_failed", error=str(exc))
+        await bus.unsubscribe(self._sub)
 
     async def _stream_empty(self) -> bool:
         try:
@@ -166,10 +161,9 @@ class TopologyFeed:
             self.apply(None, 0)
         else:
             self.apply(entry.value, entry.revision or 0)
-        kv: Any = self._kv  # the bucket's stream and subject prefix are nats.py attributes
         self._sub = await self._js.subscribe(
-            f"{kv._pre}{subjects.TOPOLOGY_KEY}",
-            stream=kv._stream,
+            f"{subjects.kv_subject_prefix(subjects.CONFIG_BUCKET)}{subjects.TOPOLOGY_KEY}",
+            stream=subjects.kv_stream(subjects.CONFIG_BUCKET),
             cb=self._on_message,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
@@ -178,17 +172,11 @@ class TopologyFeed:
 
     async def stop(self) -> None:
         """Unsubscribe (best effort: NATS may be away)."""
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:  # noqa: BLE001 - shutting down anyway
-                log.debug("unsubscribe_failed", error=str(exc))
+        await bus.unsubscribe(self._sub)
 
     async def _on_message(self, msg: Msg) -> None:
         try:
-            headers = msg.headers or {}
-            deleted = headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers
-            self.apply(None if deleted else msg.data, msg.metadata.sequence.stream)
+            self.apply(None if bus.is_delete(msg.headers) else msg.data, msg.metadata.sequence.stream)
         except Exception:
             log.exception("topology_rejected")
 

@@ -40,7 +40,6 @@ from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-_DELETE_OPS = ("DEL", "PURGE")
 LAG_REPORT_S = 10.0
 
 
@@ -106,7 +105,7 @@ class Prober:
         kind, name = subjects.parse_config_key(key)
         if kind != "pool":
             return False
-        if operation in _DELETE_OPS:
+        if operation in bus.DELETE_OPS:
             return self._pools.pop(name, None) is not None
         try:
             pool = pool_decoder.decode(value or b"")

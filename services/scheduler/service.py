@@ -48,7 +48,6 @@ from .lease import Lease
 log = structlog.get_logger("scheduler")
 
 T = TypeVar("T")
-_DELETE_OPS = ("DEL", "PURGE")
 _LOAD_TIMEOUT_S = 5.0
 
 
@@ -277,7 +276,7 @@ class Scheduler:
     def apply_entry(self, entry: KeyValue.Entry) -> Outputs:
         """Apply one config bucket entry to the engine."""
         kind, name = subjects.parse_config_key(entry.key)
-        deleted = entry.operation in _DELETE_OPS
+        deleted = entry.operation in bus.DELETE_OPS
         try:
             if kind == "pool":
                 pool = None if deleted else pool_decoder.decode(entry.value or b"")
