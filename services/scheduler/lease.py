@@ -124,8 +124,11 @@ class Lease:
 
     async def _try_take(self) -> None:
         now = self.clock()
+        # A request made while NATS is away would wait out the client's whole timeout: give up
+        # early and try again on the next step, which comes every lease/20.
+        patience = max(0.05, self.lease_s / 4)
         try:
-            entry = await self.kv.get(subjects.SCHEDULER_LEASE_KEY)
+            entry = await asyncio.wait_for(self.kv.get(subjects.SCHEDULER_LEASE_KEY), patience)
         except KeyNotFoundError as err:  # never written, or released (deleted)
             last, self.previous_holder = (err.entry.revision or 0) if err.entry is not None else 0, ""
         except (NatsError, TimeoutError) as exc:
@@ -139,14 +142,17 @@ class Lease:
             if holder != self.holder and self.watch.see(entry.revision or 0, now) < self.lease_s:
                 return
             last, self.previous_holder = entry.revision or 0, holder
+        sent = self.clock()  # the lease runs from the write (as for a renewal), not from the read
         try:
-            self.revision = await self.kv.update(subjects.SCHEDULER_LEASE_KEY, self._value(), last=last)
+            self.revision = await asyncio.wait_for(
+                self.kv.update(subjects.SCHEDULER_LEASE_KEY, self._value(), last=last), patience
+            )
         except KeyWrongLastSequenceError:
             return  # another scheduler was faster
         except (NatsError, TimeoutError) as exc:
             self.last_error = repr(exc)
             return
-        self.held, self.renewed_at, self.last_error = True, now, ""
+        self.held, self.renewed_at, self.last_error = True, sent, ""
         self.term = self.revision
 
     async def release(self) -> None:
