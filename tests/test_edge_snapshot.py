@@ -26,6 +26,7 @@ from services.edge.topology import RegionMap
 from shared.messages import AnswerGroup, AnswerSet, encoder
 from shared.resources import Topology, TopologyEntry
 from tests.support import answer_addresses
+from tests.test_edge_snapshot_service import geo_set
 
 
 def a_set(domain: str, *records: str, revision: int = 0, deleted: bool = False, **kw: object) -> AnswerSet:
@@ -237,18 +238,7 @@ def test_a_restored_table_answers_like_the_one_written_and_keeps_its_revisions()
     table.apply(a_set("www.example.com", "192.0.2.1", "192.0.2.2", revision=R))
     table.apply(a_set("off.example.com", "192.0.2.3", revision=R, enabled=False))
     table.apply(a_set("dead.example.com", revision=R + 7, deleted=True))
-    geo = AnswerSet(
-        domain="geo.example.com",
-        enabled=True,
-        record_type="A",
-        select="nearest",
-        revision=R,
-        groups=[
-            AnswerGroup(pool="us", records=["10.0.0.1"], region="us"),
-            AnswerGroup(pool="eu", records=["10.0.0.2"], region="eu"),
-        ],
-    )
-    table.apply(geo)
+    table.apply(geo_set())
     topology = msgspec.json.encode(Topology(entries=[TopologyEntry(cidr="192.0.2.0/24", region="eu")]))
     table.set_topology(topology, RegionMap.from_value(topology))
 
