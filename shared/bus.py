@@ -17,35 +17,21 @@ from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
-from shared import subjects
+from shared import ops, subjects
 from shared.settings import NatsSettings
 
 log = structlog.get_logger(__name__)
 
 EVENTS_MAX_AGE_S = 90 * 24 * 3600
 
+def _stream(name: str, subject: str, **limits: Any) -> StreamConfig:
+    return StreamConfig(name=name, subjects=[subject], storage=StorageType.FILE, allow_direct=True, **limits)
+
+
 STREAMS = (
-    StreamConfig(
-        name=subjects.STREAM_ANSWERS,
-        subjects=[subjects.ANSWERS_ALL],
-        max_msgs_per_subject=1,
-        storage=StorageType.FILE,
-        allow_direct=True,
-    ),
-    StreamConfig(
-        name=subjects.STREAM_POOL_STATE,
-        subjects=[subjects.POOL_STATE_ALL],
-        max_msgs_per_subject=1,
-        storage=StorageType.FILE,
-        allow_direct=True,
-    ),
-    StreamConfig(
-        name=subjects.STREAM_EVENTS,
-        subjects=[subjects.EVENTS_ALL],
-        max_age=EVENTS_MAX_AGE_S,
-        storage=StorageType.FILE,
-        allow_direct=True,
-    ),
+    _stream(subjects.STREAM_ANSWERS, subjects.ANSWERS_ALL, max_msgs_per_subject=1),  # the last answer per domain
+    _stream(subjects.STREAM_POOL_STATE, subjects.POOL_STATE_ALL, max_msgs_per_subject=1),
+    _stream(subjects.STREAM_EVENTS, subjects.EVENTS_ALL, max_age=EVENTS_MAX_AGE_S),
 )
 
 CLUSTER_REPLICAS = 3  # the replica count on a cluster of this many servers or more
@@ -204,6 +190,77 @@ async def close(nc: Client, *, timeout_s: float = 2.0) -> None:
                 await nc.close()
 
 
+class Session:
+    """One service's NATS: connection, JetStream, streams and the config bucket; use ``async with``.
+
+    :meth:`open` connects (once), watches the connection for ``gtm_nats_connected``, declares
+    the streams and opens the config bucket.  It may be called again after it failed part-way
+    (JetStream not ready yet): the connection is kept and only the rest is tried again.
+    """
+
+    def __init__(self, settings: NatsSettings, *, js_timeout_s: float = 5.0, close_timeout_s: float = 2.0) -> None:
+        self.settings = settings
+        self._js_timeout_s, self._close_timeout_s = js_timeout_s, close_timeout_s
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._config: KeyValue | None = None
+        self.replicas = 1
+
+    async def open(self, **connect_kwargs: Any) -> Session:
+        """Connect (if not yet), declare the streams, open the config bucket."""
+        if self._nc is None:
+            self._nc = await connect(self.settings, **connect_kwargs)
+            ops.watch_nats(self._nc)
+        if self._config is None:
+            js = self._nc.jetstream(timeout=self._js_timeout_s)
+            self.replicas = replicas(self._nc, self.settings)
+            await ensure_streams(js, replicas=self.replicas)
+            self._config = await config_bucket(js, replicas=self.replicas)
+            self._js = js
+        return self
+
+    @property
+    def nc(self) -> Client:
+        """The connection (open first)."""
+        if self._nc is None:
+            raise RuntimeError("the NATS session is not open")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context (open first)."""
+        if self._js is None:
+            raise RuntimeError("the NATS session is not open")
+        return self._js
+
+    @property
+    def config(self) -> KeyValue:
+        """The ``gtm_config`` bucket (open first)."""
+        if self._config is None:
+            raise RuntimeError("the NATS session is not open")
+        return self._config
+
+    async def leases(self) -> KeyValue:
+        """The ``gtm_leases`` bucket, with this session's replica count."""
+        return await leases_bucket(self.js, replicas=self.replicas)
+
+    async def close(self) -> None:
+        """Drain and close the connection (never raises); the session may be opened again."""
+        nc, self._nc, self._js, self._config = self._nc, None, None, None
+        if nc is not None:
+            await close(nc, timeout_s=self._close_timeout_s)
+
+    async def __aenter__(self) -> Session:
+        try:
+            return await self.open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
 def _with_replicas(cfg: StreamConfig, replicas: int) -> StreamConfig:
     return dataclasses.replace(cfg, num_replicas=replicas)
 
@@ -344,25 +401,22 @@ if __name__ == "__main__":
     import sys
 
     from shared import logs
-    from shared.settings import from_env
+    from shared.settings import load
 
     async def _init() -> None:
-        settings = from_env("admin")
-        logs.configure(service="nats-init", level=settings.log_level, fmt=settings.log_format)
-        nc = await connect(settings.nats, max_reconnect_attempts=0, allow_reconnect=False)
+        settings = load("admin")
+        logs.configure(service="nats-init", level=settings.log.level, fmt=settings.log.format)
+        session = Session(settings.nats)
         try:
-            js = nc.jetstream()
-            count = replicas(nc, settings.nats)
-            await ensure_streams(js, replicas=count)
-            await config_bucket(js, replicas=count)
-            await leases_bucket(js, replicas=count)
+            await session.open(max_reconnect_attempts=0, allow_reconnect=False)
+            await session.leases()
         finally:
-            await close(nc)
+            await session.close()
         log.info(
             "streams_ready",
             streams=[c.name for c in STREAMS],
             buckets=[subjects.CONFIG_BUCKET, subjects.LEASES_BUCKET],
-            replicas=count,
+            replicas=session.replicas,
         )
 
     parser = argparse.ArgumentParser(prog="python -m shared.bus", description=__doc__)

@@ -10,8 +10,13 @@ import msgspec
 from msgspec import Struct
 
 
-class _Message(Struct, kw_only=True, frozen=True):
-    pass
+class _Message(Struct, frozen=True):
+    """The base of every message.
+
+    Each message says ``kw_only=True, frozen=True`` again: msgspec applies ``kw_only`` to the
+    fields of the class that says it only, and mypy (PEP 681) does not inherit ``frozen``.
+    The ``tag`` is each message's own.
+    """
 
 
 class ProbeResult(_Message, tag="probe_result.v1", kw_only=True, frozen=True):
@@ -38,13 +43,14 @@ class AddressState(_Message, tag="address_state.v1", kw_only=True, frozen=True):
     available: bool
     mode: str = "auto"
     enabled: bool = True
-    # region -> "up" | "down" | "unknown", after the per-vantage thresholds
-    regions: dict[str, str] = msgspec.field(default_factory=dict)
+    # prober region (vantage point) -> "up" | "down" | "unknown", after the per-vantage thresholds;
+    # "regions" on the wire.  Not ``region``: where the address itself is.
+    vantages: dict[str, str] = msgspec.field(default={}, name="regions")
     reason: str = ""  # why it is unavailable, e.g. "http connection refused"
     # which anti-flap threshold it waits on, e.g. "failures 1/3" or "successes 0/2" ("" = none)
     waiting: str = ""
     warming: bool = False  # checked but no result yet and its first interval not over
-    region: str = ""  # for address-level source_nearest
+    region: str = ""  # the address's topology region, for address-level source_nearest
 
 
 class PoolState(_Message, tag="pool_state.v1", kw_only=True, frozen=True):
@@ -52,7 +58,7 @@ class PoolState(_Message, tag="pool_state.v1", kw_only=True, frozen=True):
 
     pool: str
     available: bool
-    addresses: list[AddressState] = msgspec.field(default_factory=list)
+    addresses: list[AddressState] = []
     current: str | None = None  # address held by a non-preemptive sequence
     warming: bool = False
     region: str = ""
@@ -71,11 +77,11 @@ class AnswerGroup(_Message, tag="answer_group.v1", kw_only=True, frozen=True):
     records: list[str]
     weight: int = 1
     rotate: bool = False
-    record_weights: list[int] = msgspec.field(default_factory=list)
+    record_weights: list[int] = []
     region: str = ""  # the pool's region, for select == "nearest"
     # per record region (same length as records) for address-level source_nearest:
     # serve the records of the client's region when there are any, else all
-    record_regions: list[str] = msgspec.field(default_factory=list)
+    record_regions: list[str] = []
 
 
 class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
@@ -91,9 +97,9 @@ class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
     enabled: bool
     record_type: str
     ttl: int = 30
-    groups: list[AnswerGroup] = msgspec.field(default_factory=list)
+    groups: list[AnswerGroup] = []
     pool: str = ""  # the pool (or comma-joined pools) answering
-    records: list[str] = msgspec.field(default_factory=list)  # all records served
+    records: list[str] = []  # all records served
     fallback: bool = False
     deleted: bool = False
     select: str = "weight"  # "weight" | "nearest"
@@ -118,8 +124,8 @@ class SwitchEvent(_Message, tag="switch_event.v1", kw_only=True, frozen=True):
     from_pool: str
     to_pool: str
     reason: str
-    before: list[str] = msgspec.field(default_factory=list)
-    after: list[str] = msgspec.field(default_factory=list)
+    before: list[str] = []
+    after: list[str] = []
     fallback: bool = False
 
 
@@ -129,7 +135,7 @@ class OperationEvent(_Message, tag="operation_event.v1", kw_only=True, frozen=Tr
     at: float
     method: str
     path: str
-    resource: str  # "pool" | "domain"
+    resource: str  # the kind of config written: "pool" | "domain" | "template" | "alert_target" | "topology"
     name: str
     revision: int
     domain: str = ""

@@ -1,19 +1,25 @@
-"""Config resources (pools, addresses, domains): Structs and validation.
+"""Config resources: their Structs, their kinds (named once for every part of GTM), and validation.
 
 These are the shapes the REST API accepts and the ``gtm_config`` KV bucket
 stores.  Decoding forbids unknown fields; :func:`validate_pool` and
 :func:`validate_domain` add the checks a type cannot express and raise
-:class:`ResourceError` naming the offending field.
+:class:`ResourceError` naming the offending field.  :data:`RESOURCE_KINDS` is
+the one registry of resource kinds: the config service, config documents and
+gtmctl all derive their views from it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
+
+from shared import subjects
 
 NAME_RE = r"^[A-Za-z0-9._-]{1,64}$"
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -49,10 +55,10 @@ class ResourceError(ValueError):
 
 
 class _Resource(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    pass
+    """Base of every resource Struct: unknown fields forbidden (inherited; `frozen` is restated for type checkers)."""
 
 
-class HealthCheck(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class HealthCheck(_Resource, kw_only=True, frozen=True):
     """How one address is checked."""
 
     protocol: Protocol = "http"
@@ -68,7 +74,7 @@ class HealthCheck(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     verify_tls: bool = False  # https: verify the certificate against `host` (or the address)
     body_match: Annotated[str, Meta(max_length=1024)] = ""  # ok only if the body contains this
     template: str = ""  # the health template this check was resolved from ("" = none)
-    overrides: list[str] = msgspec.field(default_factory=list)  # fields set on the address itself
+    overrides: list[str] = []  # fields set on the address itself
 
     @property
     def effective_port(self) -> int | None:
@@ -76,7 +82,14 @@ class HealthCheck(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=Tr
         return self.port if self.port is not None else DEFAULT_PORTS.get(self.protocol)
 
 
-class Address(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class HealthTemplate(HealthCheck, kw_only=True, frozen=True):
+    """A health-check template as written through the API: a check plus the usual name and revision."""
+
+    name: Name | None = None
+    revision: int | None = None
+
+
+class Address(_Resource, kw_only=True, frozen=True):
     """One service address in a pool."""
 
     name: Name
@@ -90,7 +103,7 @@ class Address(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
     remarks: Remarks = ""
 
 
-class Pool(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class Pool(_Resource, kw_only=True, frozen=True):
     """An address pool."""
 
     type: PoolType
@@ -101,11 +114,11 @@ class Pool(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
     sequence_mode: SequenceMode = "preemptive"
     region: Annotated[str, Meta(max_length=64)] = ""  # for domain-level source_nearest
     remarks: Remarks = ""
-    addresses: list[Address] = msgspec.field(default_factory=list)
+    addresses: list[Address] = []
     revision: int | None = None
 
 
-class PoolRef(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class PoolRef(_Resource, kw_only=True, frozen=True):
     """A pool used by a domain, with its place in the sequence and weight."""
 
     pool: Name
@@ -113,7 +126,7 @@ class PoolRef(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
     weight: OneToHundred = 1
 
 
-class Domain(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class Domain(_Resource, kw_only=True, frozen=True):
     """An access domain."""
 
     record_type: RecordType
@@ -121,30 +134,30 @@ class Domain(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
     ttl: Annotated[int, Meta(ge=1, le=86400)] = 30
     enabled: bool = False
     remarks: Remarks = ""
-    pools: list[PoolRef] = msgspec.field(default_factory=list)
+    pools: list[PoolRef] = []
     lb_strategy: DomainStrategy = "sequence"
     sequence_mode: SequenceMode = "preemptive"
     revision: int | None = None
 
 
-class TopologyEntry(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class TopologyEntry(_Resource, kw_only=True, frozen=True):
     """Clients in ``cidr`` are nearest to ``region``."""
 
     cidr: Annotated[str, Meta(min_length=1, max_length=64)]
     region: Annotated[str, Meta(min_length=1, max_length=64)]
 
 
-class Topology(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class Topology(_Resource, kw_only=True, frozen=True):
     """The client-subnet to region table used by ``source_nearest``."""
 
-    entries: list[TopologyEntry] = msgspec.field(default_factory=list)
+    entries: list[TopologyEntry] = []
     revision: int | None = None
 
 
 AlertKind = Literal["address", "pool", "domain"]
 
 
-class AlertTarget(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class AlertTarget(_Resource, kw_only=True, frozen=True):
     """A webhook that receives a JSON POST for every switch of the kinds it asks for."""
 
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
@@ -153,6 +166,40 @@ class AlertTarget(_Resource, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     kinds: list[AlertKind] = msgspec.field(default_factory=lambda: ["address", "pool", "domain"])
     remarks: Remarks = ""
     revision: int | None = None
+
+
+@dataclass(frozen=True)
+class ResourceKind:
+    """One kind of config resource: its names in the API, in config documents, in the bucket and in events."""
+
+    resource: str  # the word for one: OperationEvent.resource, error messages ("pool", "alert_target", ...)
+    manifest_key: str  # its key in a config document: "pools", "health_templates", ...
+    collection: str  # the REST API's URL segment: "pools", "health-templates", ...
+    list_key: str  # the key of the REST API's list body: "pools", "templates", ... ("" for a singleton)
+    body: type[Struct]  # what a request body or document entry decodes into
+    stored: type[Struct]  # what the KV bucket holds
+    prefix: str  # KV key prefix
+    key: Callable[[str], str]  # the KV key of the resource called ``name``
+    fqdn_names: bool = False  # named by a domain name (normalized) instead of NAME_RE
+    singleton: str = ""  # the one resource's name, for a kind without a collection (topology)
+
+
+def _topology_key(_name: str) -> str:
+    return subjects.TOPOLOGY_KEY
+
+
+# Every resource kind, in the order a document's changes apply (prunes run in reverse).
+RESOURCE_KINDS: tuple[ResourceKind, ...] = (
+    ResourceKind("template", "health_templates", "health-templates", "templates", HealthTemplate, HealthCheck,
+                 subjects.TEMPLATE_PREFIX, subjects.template_key),
+    ResourceKind("pool", "pools", "pools", "pools", Pool, Pool, subjects.POOL_PREFIX, subjects.pool_key),
+    ResourceKind("domain", "domains", "domains", "domains", Domain, Domain, subjects.DOMAIN_PREFIX,
+                 subjects.domain_key, fqdn_names=True),
+    ResourceKind("alert_target", "alert_targets", "alert-targets", "alert_targets", AlertTarget, AlertTarget,
+                 subjects.ALERT_PREFIX, subjects.alert_key),
+    ResourceKind("topology", "topology", "topology", "", Topology, Topology, subjects.TOPOLOGY_KEY, _topology_key,
+                 singleton="topology"),
+)
 
 
 def normalize_fqdn(name: str) -> str:
@@ -224,7 +271,7 @@ def validate_pool(pool: Pool, name: str) -> Pool:
     return msgspec.structs.replace(pool, name=name, addresses=addresses, revision=None)
 
 
-def validate_domain(domain: Domain, fqdn: str, pools: dict[str, Pool]) -> Domain:
+def validate_domain(domain: Domain, fqdn: str, pools: Mapping[str, Pool]) -> Domain:
     """Check a decoded domain against itself and the existing ``pools``."""
     if domain.name is not None and normalize_fqdn(domain.name) != fqdn:
         raise ResourceError(f"name {domain.name!r} does not match the path", "name")

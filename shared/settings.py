@@ -1,12 +1,21 @@
-"""Settings: frozen Structs built once, in each service's ``__main__``, from the environment."""
+"""Settings: frozen, validated Structs, one per service, read once from the environment.
+
+Every setting is a Struct field with its default and its allowed range (msgspec ``Meta``);
+its environment variable is ``GTM_`` + its path (``edge.rrl.slip`` -> ``GTM_EDGE_RRL_SLIP``)
+unless :data:`ENV_NAMES` says otherwise.  :func:`load` refuses a bad value with a
+:class:`SettingsError` naming the variable and what it may be: nothing is clamped.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, Literal
 
-from msgspec import Struct
+import msgspec
+from msgspec import Meta, Struct
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -15,47 +24,116 @@ class SettingsError(ValueError):
     """An environment variable has a value the service cannot use."""
 
 
-class NatsSettings(Struct, kw_only=True, frozen=True):
+class _Settings(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Base of every settings Struct (subclasses repeat ``frozen=True``: mypy does not see it inherited)."""
+
+
+class NatsSettings(_Settings, frozen=True):
     """How to reach NATS."""
 
-    url: str = DEFAULT_NATS_URL
+    url: str = DEFAULT_NATS_URL  # comma-separated server URLs
     user: str = ""
     password: str = ""
     creds: str = ""  # path of a .creds file
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
-    name: str = "gtm"
-    replicas: int = 0  # of every stream and bucket; 0 = 3 on a cluster of 3 or more servers, else 1
+    name: str = "gtm"  # the connection's name: gtm-<service>, not read from the environment
+    # of every stream and bucket; 0 = 3 on a cluster of 3 or more servers, else 1
+    replicas: Annotated[int, Meta(ge=0, le=5)] = 0
 
 
-class Settings(Struct, kw_only=True, frozen=True):
+class LogSettings(_Settings, frozen=True):
+    """How a service logs (structlog, to stderr)."""
+
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
+
+
+class ApiSettings(_Settings, frozen=True):
+    """The config service's REST API."""
+
+    listen: str = "127.0.0.1:8080"
+    token: str = ""  # bearer token; required to listen beyond loopback
+
+
+class RrlSettings(_Settings, frozen=True):
+    """The edge's UDP response rate limiting."""
+
+    responses_per_s: Annotated[int, Meta(ge=0, le=1_000_000)] = 200  # per client subnet (0 = off)
+    window_s: Annotated[int, Meta(ge=1, le=3600)] = 5  # limited until the average over this is under it
+    slip: Annotated[int, Meta(ge=0, le=100)] = 2  # every Nth limited reply goes out truncated (0 = drop all)
+    ipv4_prefix: Annotated[int, Meta(ge=0, le=32)] = 24  # client subnet sizes the limit applies to
+    ipv6_prefix: Annotated[int, Meta(ge=0, le=128)] = 56
+    # CIDRs never limited (loopback cannot be spoofed from the network: martian filter)
+    exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+class EdgeSettings(_Settings, frozen=True):
+    """The DNS edge."""
+
+    listen: str = "127.0.0.1:5300"  # UDP and TCP
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1  # SO_REUSEPORT processes
+    zone: str = ""  # when set, authoritative for it: SOA/NS at the apex, SOA in negatives
+    ns: tuple[str, ...] = ()  # NS names of the zone (none: ns1.<zone>)
+    state_dir: str = ".data/edge"  # where the last answer table is kept for a start without NATS ("" = nowhere)
+    rrl: RrlSettings = RrlSettings()
+
+
+class ProberSettings(_Settings, frozen=True):
+    """A prober replica."""
+
+    region: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^.*> \t]+$")] = "local"
+    id: str = ""  # default: <hostname>-<pid>
+    concurrency: Annotated[int, Meta(ge=1, le=65_536)] = 256  # checks in flight at once
+
+
+class SchedulerSettings(_Settings, frozen=True):
+    """A scheduler replica."""
+
+    id: str = ""  # default: <hostname>-<pid>
+    tick_s: Annotated[float, Meta(gt=0, le=10)] = 0.2  # how often time-driven rules are looked at
+    lease_s: Annotated[float, Meta(ge=0.5, le=300)] = 2.0  # a standby takes over at most this long after
+
+
+class Settings(_Settings, frozen=True):
     """Everything a GTM service reads from its environment."""
 
-    nats: NatsSettings
-    log_level: str = "info"
-    log_format: str = "auto"  # auto | json | console
-    api_listen: str = "127.0.0.1:8080"
-    api_token: str = ""
-    dns_listen: str = "127.0.0.1:5300"
-    edge_workers: int = 1
-    prober_region: str = "local"
-    prober_id: str = ""
-    prober_concurrency: int = 256
-    scheduler_tick_s: float = 0.2
-    scheduler_id: str = ""
-    scheduler_lease_s: float = 2.0  # a standby takes over at most this long after the leader dies
-    edge_zone: str = ""  # when set, the edge is authoritative for it: SOA/NS at the apex, SOA in negatives
-    edge_ns: str = ""  # comma-separated NS names of edge_zone (default ns1.<zone>)
-    metrics_listen: str = ""  # host:port of /metrics, /healthz, /readyz ("" = off; config uses its API port)
-    edge_rrl_responses_per_s: int = 200  # UDP replies per client subnet per second (0 = no rate limiting)
-    edge_rrl_window_s: int = 5  # a subnet over the limit stays limited until its average over this is under it
-    edge_rrl_slip: int = 2  # every Nth limited reply goes out truncated (TC) instead of dropped (0 = drop all)
-    edge_rrl_ipv4_prefix: int = 24  # client subnet sizes the limit applies to
-    edge_rrl_ipv6_prefix: int = 56
-    edge_rrl_exempt: str = "127.0.0.0/8,::1/128"  # comma-separated CIDRs never limited ("" = none)
-    # where an edge keeps its last answer table, to answer from it when started while NATS is away
-    edge_state_dir: str = ".data/edge"  # "" = keep nothing on disk
+    nats: NatsSettings = NatsSettings()
+    log: LogSettings = LogSettings()
+    # host:port of /metrics, /healthz, /readyz ("" = off; the config service serves them on its API port)
+    metrics_listen: str = ""
+    api: ApiSettings = ApiSettings()
+    edge: EdgeSettings = EdgeSettings()
+    prober: ProberSettings = ProberSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+
+
+# Settings whose variable is not GTM_ + their path (None: not read from the environment).
+ENV_NAMES: dict[str, str | None] = {
+    "nats.url": "NATS_URL",
+    "nats.name": None,
+    "edge.listen": "GTM_DNS_LISTEN",
+}
+
+
+def _fields(cls: type[Struct], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, type) of every leaf setting of ``cls``."""
+    for f in msgspec.structs.fields(cls):
+        path = f"{prefix}{f.name}"
+        if isinstance(f.type, type) and issubclass(f.type, Struct):
+            yield from _fields(f.type, f"{path}.")
+        else:
+            yield path, f.type
+
+
+def env_name(path: str) -> str | None:
+    """The environment variable of the setting at dotted ``path``."""
+    return ENV_NAMES.get(path, "GTM_" + path.replace(".", "_").upper())
+
+
+LEAVES: dict[str, Any] = dict(_fields(Settings))
+ENV_VARS: dict[str, str] = {name: path for path in LEAVES if (name := env_name(path))}  # variable -> path
 
 
 def split_host_port(value: str, *, default_port: int) -> tuple[str, int]:
@@ -68,63 +146,106 @@ def split_host_port(value: str, *, default_port: int) -> tuple[str, int]:
     else:
         host, port = value, ""
     try:
-        return host or "0.0.0.0", int(port) if port else default_port
+        number = int(port) if port else default_port
     except ValueError:
         raise SettingsError(f"bad listen address {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise SettingsError(f"bad listen address {value!r}: port {number} is not 0-65535")
+    return host or "0.0.0.0", number
 
 
-def from_env(service: str, env: Mapping[str, str] | None = None) -> Settings:
-    """Build the settings of ``service`` from ``env`` (default: ``os.environ``)."""
-    e = os.environ if env is None else env
-    region = e.get("GTM_PROBER_REGION", "local")
-    if not region or any(c in region for c in ".*> "):
-        raise SettingsError(f"GTM_PROBER_REGION {region!r} must be one subject token")
-    try:
-        workers = int(e.get("GTM_EDGE_WORKERS", "1"))
-        concurrency = int(e.get("GTM_PROBER_CONCURRENCY", "256"))
-        lease_s = float(e.get("GTM_SCHEDULER_LEASE_S", "2"))
-        rrl_rate = int(e.get("GTM_EDGE_RRL_RESPONSES_PER_S", "200"))
-        rrl_window_s = int(e.get("GTM_EDGE_RRL_WINDOW_S", "5"))
-        rrl_slip = int(e.get("GTM_EDGE_RRL_SLIP", "2"))
-        rrl_v4, rrl_v6 = int(e.get("GTM_EDGE_RRL_IPV4_PREFIX", "24")), int(e.get("GTM_EDGE_RRL_IPV6_PREFIX", "56"))
-        replicas = int(e.get("GTM_NATS_REPLICAS", "0") or "0")
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
-    if not 0 <= replicas <= 5:
-        raise SettingsError(f"GTM_NATS_REPLICAS must be 1-5 (or unset for automatic), not {replicas}")
-    if not (0 <= rrl_v4 <= 32 and 0 <= rrl_v6 <= 128):
-        raise SettingsError("GTM_EDGE_RRL_IPV4_PREFIX must be 0-32 and GTM_EDGE_RRL_IPV6_PREFIX 0-128")
-    return Settings(
-        nats=NatsSettings(
-            url=e.get("NATS_URL", DEFAULT_NATS_URL),
-            user=e.get("GTM_NATS_USER", ""),
-            password=e.get("GTM_NATS_PASSWORD", ""),
-            creds=e.get("GTM_NATS_CREDS", ""),
-            tls_ca=e.get("GTM_NATS_TLS_CA", ""),
-            tls_cert=e.get("GTM_NATS_TLS_CERT", ""),
-            tls_key=e.get("GTM_NATS_TLS_KEY", ""),
-            name=f"gtm-{service}",
-            replicas=replicas,
+def _allowed(path: str) -> str:
+    """What the setting at ``path`` may be, in words."""
+    info = msgspec.inspect.type_info(LEAVES[path])
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return "one of " + ", ".join(map(str, info.values))
+    if isinstance(info, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+        kind = "an integer" if isinstance(info, msgspec.inspect.IntType) else "a number"
+        if info.ge is not None and info.le is not None:
+            return f"{kind} from {info.ge} to {info.le}"
+        bounds = [f"{op} {v}" for op, v in ((">=", info.ge), (">", info.gt), ("<=", info.le)) if v is not None]
+        return " ".join([kind, " and ".join(bounds)]).strip()
+    if isinstance(info, msgspec.inspect.StrType) and info.pattern:
+        return f"1-{info.max_length} characters without '.', '*', '>' or spaces (one NATS subject token)"
+    return "a valid value"
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _raw(e: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the environment sets, by path, as msgspec will convert them."""
+    flat: dict[str, Any] = {}
+    for var, path in ENV_VARS.items():
+        if var not in e:
+            continue
+        value, kind = e[var].strip(), LEAVES[path]
+        if kind == tuple[str, ...]:
+            flat[path] = tuple(p.strip() for p in value.split(",") if p.strip())
+        elif kind is str:
+            flat[path] = e[var] if path.endswith(("password", "token")) else value
+        elif value:  # an empty number or choice means "the default"
+            flat[path] = value.lower()
+    return flat
+
+
+def _check_name(var: str, name: str) -> str:
+    """A DNS name in presentation form, lower case without the final dot; raise if it cannot be one."""
+    text = name.strip().rstrip(".").lower()
+    labels = text.split(".")
+    if not text or len(text) > 253 or any(not 0 < len(label.encode()) <= 63 for label in labels):
+        raise SettingsError(f"{var}={name!r}: bad label: a DNS name is labels of 1-63 octets, 253 in all")
+    return text
+
+
+def _check(s: Settings) -> Settings:
+    """Checks a type cannot say; fill derived values."""
+    listens = {"GTM_API_LISTEN": s.api.listen, "GTM_DNS_LISTEN": s.edge.listen, "GTM_METRICS_LISTEN": s.metrics_listen}
+    for var, listen in listens.items():
+        if listen or var != "GTM_METRICS_LISTEN":  # "" turns the metrics listener off
+            try:
+                split_host_port(listen, default_port=0)
+            except SettingsError as exc:
+                raise SettingsError(f"{var}: {exc}") from None
+    exempt = []
+    for cidr in s.edge.rrl.exempt:
+        try:
+            exempt.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError as exc:
+            raise SettingsError(f"GTM_EDGE_RRL_EXEMPT: {exc}") from None
+    zone = _check_name("GTM_EDGE_ZONE", s.edge.zone) if s.edge.zone.strip().rstrip(".") else ""
+    ns = tuple(_check_name("GTM_EDGE_NS", n) for n in s.edge.ns)
+    me = f"{socket.gethostname()}-{os.getpid()}"
+    return msgspec.structs.replace(
+        s,
+        edge=msgspec.structs.replace(
+            s.edge, zone=zone, ns=ns, rrl=msgspec.structs.replace(s.edge.rrl, exempt=tuple(exempt))
         ),
-        log_level=e.get("GTM_LOG_LEVEL", "info").lower(),
-        log_format=e.get("GTM_LOG_FORMAT", "auto").lower(),
-        api_listen=e.get("GTM_API_LISTEN", "127.0.0.1:8080"),
-        api_token=e.get("GTM_API_TOKEN", ""),
-        dns_listen=e.get("GTM_DNS_LISTEN", "127.0.0.1:5300"),
-        edge_workers=max(1, workers),
-        prober_region=region,
-        prober_id=e.get("GTM_PROBER_ID", "") or f"{socket.gethostname()}-{os.getpid()}",
-        prober_concurrency=max(1, concurrency),
-        scheduler_id=e.get("GTM_SCHEDULER_ID", "") or f"{socket.gethostname()}-{os.getpid()}",
-        scheduler_lease_s=max(0.5, lease_s),
-        edge_zone=e.get("GTM_EDGE_ZONE", "").strip().rstrip(".").lower(),
-        edge_ns=e.get("GTM_EDGE_NS", ""),
-        metrics_listen=e.get("GTM_METRICS_LISTEN", ""),
-        edge_rrl_responses_per_s=max(0, rrl_rate),
-        edge_rrl_window_s=max(1, rrl_window_s),
-        edge_rrl_slip=max(0, rrl_slip),
-        edge_rrl_ipv4_prefix=rrl_v4,
-        edge_rrl_ipv6_prefix=rrl_v6,
-        edge_rrl_exempt=e.get("GTM_EDGE_RRL_EXEMPT", "127.0.0.0/8,::1/128"),
-        edge_state_dir=e.get("GTM_EDGE_STATE_DIR", ".data/edge"),
+        prober=msgspec.structs.replace(s.prober, id=s.prober.id or me),
+        scheduler=msgspec.structs.replace(s.scheduler, id=s.scheduler.id or me),
     )
+
+
+def load(service: str, env: Mapping[str, str] | None = None) -> Settings:
+    """The settings of ``service`` from ``env`` (default: ``os.environ``); raise :class:`SettingsError`."""
+    e = os.environ if env is None else env
+    flat = _raw(e)
+    try:
+        settings = msgspec.convert(_nest(flat), Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        path = text.rpartition("at `$.")[2].rstrip("`").split("[")[0]
+        var = env_name(path) if path in LEAVES else None
+        if var is None:
+            raise SettingsError(text) from None
+        raise SettingsError(f"{var}={e.get(var, '')!r} is not allowed: it must be {_allowed(path)}") from None
+    settings = _check(settings)
+    return msgspec.structs.replace(settings, nats=msgspec.structs.replace(settings.nats, name=f"gtm-{service}"))

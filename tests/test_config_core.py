@@ -10,16 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.config.documents import (
+from services.config.codec import (
     DOMAIN,
     POOL,
     check_preconditions,
     decode,
-    document,
     etag,
     if_match_ok,
     merge_patch,
     parse_json,
+    patchable,
     pop_revision,
     render,
 )
@@ -50,7 +50,7 @@ from shared.messages import (
     SwitchEvent,
 )
 from shared.resources import Address, Domain, Pool, PoolRef
-from shared.settings import NatsSettings, Settings
+from shared.settings import ApiSettings, Settings
 
 # -- msgspec errors -> contract field paths ---------------------------------------------
 
@@ -242,7 +242,7 @@ def test_render_fills_in_every_default_plus_name_and_revision() -> None:
 
 def test_document_drops_name_and_revision_but_keeps_address_names() -> None:
     pool = Pool(type="ipv4", name="p", addresses=[Address(name="a", address="192.0.2.1")], revision=3)
-    doc = document(pool)
+    doc = patchable(pool)
     assert "name" not in doc and "revision" not in doc
     assert doc["addresses"][0]["name"] == "a"
 
@@ -414,7 +414,7 @@ def test_status_answer_is_null_before_the_first_answer_and_after_a_tombstone() -
 
 
 def _settings(listen: str, token: str = "") -> Settings:
-    return Settings(nats=NatsSettings(), api_listen=listen, api_token=token)
+    return Settings(api=ApiSettings(listen=listen, token=token))
 
 
 @pytest.mark.parametrize(

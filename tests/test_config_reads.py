@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.config.view import ConfigView
+from services.config.mirror import ConfigView
 from tests.bench.api import list_load
 from tests.support import Api, Service, free_port, wait_until
 

@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from services.config.documents import MAX_BODY_BYTES
+from services.config.codec import MAX_BODY_BYTES
 from shared import subjects
 from shared.messages import AddressState, AnswerSet, PoolState, encoder
-from shared.settings import NatsSettings, Settings
+from shared.settings import ApiSettings, NatsSettings, Settings
 from tests.test_config_api import (
     DOMAIN_A,
     POOL_V4,
@@ -192,7 +192,7 @@ async def test_new_routes_refuse_bodies_over_one_mib(api: Client, path: str) -> 
 
 
 async def test_new_routes_need_the_token(nats_url: str) -> None:
-    settings = Settings(nats=NatsSettings(url=nats_url), api_token="s3cret")
+    settings = Settings(nats=NatsSettings(url=nats_url), api=ApiSettings(token="s3cret"))
     async for client in _client(settings):
         for method, path, body in (("GET", "/api/v1/topology", None), ("PUT", "/api/v1/topology", TOPOLOGY),
                                    ("GET", "/api/v1/health-templates", None),

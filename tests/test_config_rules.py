@@ -10,14 +10,7 @@ import pytest
 from services.config import validation
 from services.config.alerts import PoolWatch, domain_alert, wanted
 from services.config.apply import parse_path
-from services.config.documents import (
-    ALERT_TARGET,
-    DOMAIN,
-    POOL,
-    TEMPLATE,
-    TOPOLOGY,
-    HealthTemplate,
-)
+from services.config.codec import ALERT_TARGET, DOMAIN, POOL, TEMPLATE, TOPOLOGY
 from services.config.errors import NotFound
 from services.config.views import domain_phase
 from shared.messages import AddressState, AnswerSet, PoolState, SwitchEvent
@@ -26,6 +19,7 @@ from shared.resources import (
     AlertTarget,
     Domain,
     HealthCheck,
+    HealthTemplate,
     Pool,
     ResourceError,
     Topology,

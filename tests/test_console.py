@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.config.app import BACKEND, create_app
 from services.config.console import CONSOLE
-from services.config.live import (
+from services.config.console.live import (
     CheckChanges,
     LiveHub,
     changes_pools,
@@ -35,7 +35,7 @@ from shared.messages import (
     SwitchEvent,
     encoder,
 )
-from shared.settings import NatsSettings, Settings
+from shared.settings import ApiSettings, NatsSettings, Settings
 from tests.support import BACKUP_IP, DOMAIN, PRIMARY_IP, Api, HttpBackend, Service, Stack, free_port, wait_until
 
 Client = TestClient[web.Request, web.Application]
@@ -191,7 +191,7 @@ def test_token_policy_of_console_and_stream(
 
 
 async def _client(nats_url: str, token: str = "") -> AsyncIterator[Client]:
-    app = create_app(Settings(nats=NatsSettings(url=nats_url), api_token=token))
+    app = create_app(Settings(nats=NatsSettings(url=nats_url), api=ApiSettings(token=token)))
     async with TestClient(TestServer(app)) as client:
         await asyncio.wait_for(app[BACKEND].ready.wait(), 15)
         await asyncio.wait_for(app[CONSOLE].following.wait(), 15)

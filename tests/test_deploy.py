@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.settings import split_host_port
+from shared.settings import ENV_VARS, split_host_port
+from tests.conftest import NATS_IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 GTM_SERVICES = {"config", "scheduler", "prober", "edge"}
@@ -39,8 +40,7 @@ def _compose() -> dict:
 
 
 def _known_env_vars() -> set[str]:
-    source = (ROOT / "shared" / "settings.py").read_text()
-    return set(re.findall(r'"((?:GTM|NATS)_[A-Z_]+)"', source))
+    return set(ENV_VARS)
 
 
 def _gtm_services(compose: dict) -> dict[str, dict]:
@@ -149,6 +149,12 @@ def test_compose_sets_only_settings_that_the_services_read() -> None:
         urls = svc["environment"]["NATS_URL"].split(",")
         assert sorted(u.split("//")[1].split(":")[0] for u in urls) == NATS_NODES
         assert all(svc["depends_on"][n]["condition"] == "service_healthy" for n in NATS_NODES)
+
+
+def test_the_deployed_nats_is_the_version_the_tests_run() -> None:
+    compose_images = {s["image"] for s in _compose()["services"].values() if s.get("image", "").startswith("nats:")}
+    k8s_images = re.findall(r"image: (nats:\S+)", (ROOT / "deploy" / "k8s" / "nats.yaml").read_text())
+    assert compose_images == set(k8s_images) == {NATS_IMAGE}
 
 
 def test_every_compose_service_restarts_and_has_a_healthcheck() -> None:

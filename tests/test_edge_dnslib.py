@@ -31,7 +31,7 @@ from services.edge.topology import RegionMap
 from services.edge.zone import Zone
 from shared.messages import AnswerGroup, AnswerSet
 
-TYPES = {"A": wire.TYPE_A, "AAAA": wire.TYPE_AAAA, "CNAME": wire.TYPE_CNAME}
+TYPES = {"A": wire.QType.A, "AAAA": wire.QType.AAAA, "CNAME": wire.QType.CNAME}
 
 # -- the hand-written encoders dnslib replaced --------------------------------------------------
 
@@ -39,13 +39,13 @@ TYPES = {"A": wire.TYPE_A, "AAAA": wire.TYPE_AAAA, "CNAME": wire.TYPE_CNAME}
 def reference_rdata(rtype: int, value: str) -> bytes:
     """The RDATA as the edge encoded it by hand."""
     try:
-        if rtype == wire.TYPE_A:
+        if rtype == wire.QType.A:
             return socket.inet_pton(socket.AF_INET, value)
-        if rtype == wire.TYPE_AAAA:
+        if rtype == wire.QType.AAAA:
             return socket.inet_pton(socket.AF_INET6, value)
     except (OSError, ValueError):
         raise wire.Malformed(value) from None
-    if rtype == wire.TYPE_CNAME:
+    if rtype == wire.QType.CNAME:
         return wire.name_to_wire(value)
     raise wire.Malformed(f"unsupported record type {rtype}")
 
@@ -62,7 +62,7 @@ def reference_zone(text: str, nameservers: list[str]) -> tuple[bytes, bytes, lis
     ns = [wire.name_to_wire(n) for n in nameservers] or [wire.name_to_wire(f"ns1.{apex}")]
     soa = ns[0] + wire.name_to_wire(f"hostmaster.{apex}")
     soa += struct.pack("!IIIII", zone.SERIAL, zone.REFRESH_S, zone.RETRY_S, zone.EXPIRE_S, zone.NEGATIVE_TTL)
-    return soa, reference_rr(owner, wire.TYPE_SOA, zone.NEGATIVE_TTL, soa), list(dict.fromkeys(ns))
+    return soa, reference_rr(owner, wire.QType.SOA, zone.NEGATIVE_TTL, soa), list(dict.fromkeys(ns))
 
 
 def outcome(fn: object, *args: object) -> bytes | str:
@@ -102,7 +102,7 @@ def test_rdata_is_the_hand_written_encoding_or_refused_alike(rtype: int, value: 
 
 @pytest.mark.parametrize(
     ("rtype", "value"),
-    [(wire.TYPE_A, v) for v in NEAR_MISSES[:8]] + [(wire.TYPE_AAAA, v) for v in ("1::2::3", "gggg::", " ::1")],
+    [(wire.QType.A, v) for v in NEAR_MISSES[:8]] + [(wire.QType.AAAA, v) for v in ("1::2::3", "gggg::", " ::1")],
 )
 def test_addresses_dnslib_would_take_are_still_refused(rtype: int, value: str) -> None:
     with pytest.raises(wire.Malformed):
@@ -112,13 +112,13 @@ def test_addresses_dnslib_would_take_are_still_refused(rtype: int, value: str) -
 @pytest.mark.parametrize("value", ["a..b.example", "é.example", "x" * 64 + ".example", ".".join(["a" * 63] * 4)])
 def test_names_dnslib_would_take_are_still_refused(value: str) -> None:
     with pytest.raises(wire.Malformed):
-        build_rdata(wire.TYPE_CNAME, value)
+        build_rdata(wire.QType.CNAME, value)
 
 
 @settings(max_examples=300, deadline=None)
 @given(address=st.ip_addresses())
 def test_dnspython_reads_back_the_addresses(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-    rtype = wire.TYPE_A if address.version == 4 else wire.TYPE_AAAA
+    rtype = wire.QType.A if address.version == 4 else wire.QType.AAAA
     data = build_rdata(rtype, address.exploded)
     parsed = dns.rdata.from_wire(dns.rdataclass.IN, rtype, data, 0, len(data))
     assert ipaddress.ip_address(parsed.to_text()) == address
@@ -128,10 +128,10 @@ def test_dnspython_reads_back_the_addresses(address: ipaddress.IPv4Address | ipa
 @given(name=names)
 def test_dnspython_reads_back_the_names_lower_cased_and_absolute(name: str) -> None:
     try:
-        data = build_rdata(wire.TYPE_CNAME, name)
+        data = build_rdata(wire.QType.CNAME, name)
     except wire.Malformed:
         return
-    parsed = dns.rdata.from_wire(dns.rdataclass.IN, wire.TYPE_CNAME, data, 0, len(data))
+    parsed = dns.rdata.from_wire(dns.rdataclass.IN, wire.QType.CNAME, data, 0, len(data))
     text = name.strip().rstrip(".").lower()
     assert parsed.target.labels == ((*text.encode().split(b"."), b"") if text else (b"",))
 
@@ -156,7 +156,7 @@ def test_compiled_records_are_the_hand_written_bytes(rtype: str, records: list[s
         data = outcome(reference_rdata, code, record)
         if isinstance(data, bytes):
             kept.append(wire.answer_rr(code, min(max(ttl, 0), MAX_TTL), data))
-    kept = kept[:1] if code == wire.TYPE_CNAME else kept
+    kept = kept[:1] if code == wire.QType.CNAME else kept
     if not kept:
         assert compiled.answer is None
         return
@@ -177,9 +177,9 @@ def test_zone_soa_and_ns_are_the_hand_written_bytes_or_refused_alike(apex: str, 
         return
     assert expected != "Malformed"
     soa, negative, ns = expected
-    assert z.apex[wire.TYPE_SOA].pick()[2] == wire.answer_rr(wire.TYPE_SOA, zone.APEX_TTL, soa)
+    assert z.apex[wire.QType.SOA].pick()[2] == wire.answer_rr(wire.QType.SOA, zone.APEX_TTL, soa)
     assert z.nxdomain.pick()[2] == negative and z.nodata.pick()[2] == negative
-    assert z.apex[wire.TYPE_NS].pick()[2] == b"".join(wire.answer_rr(wire.TYPE_NS, zone.APEX_TTL, n) for n in ns)
+    assert z.apex[wire.QType.NS].pick()[2] == b"".join(wire.answer_rr(wire.QType.NS, zone.APEX_TTL, n) for n in ns)
 
 
 def test_zone_soa_parses_with_dnspython_uncompressed() -> None:

@@ -4,6 +4,7 @@ and a real edge that rate-limits UDP per client subnet but answers TCP always.""
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rrset
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,7 +24,7 @@ from services.edge import rrl
 from services.edge.rrl import DROP, PASS, SLIP, Limiter, truncated
 from services.edge.stats import EdgeCollector, QueryCounts, RrlCounts
 from services.edge.table import AnswerTable
-from shared.settings import SettingsError, from_env
+from shared.settings import RrlSettings, SettingsError, load
 from tests.support import Service, answer_addresses, dns_query, free_port, wait_until
 from tests.test_edge_service import a_set, edge, publish
 
@@ -153,25 +155,25 @@ def test_the_subnet_prefix_lengths_are_configurable(v4: int, v6: int, first: str
 @pytest.mark.parametrize(
     ("exempt", "host", "limited"),
     [
-        (rrl.DEFAULT_EXEMPT, "127.0.0.1", False),
-        (rrl.DEFAULT_EXEMPT, "::1", False),
-        (rrl.DEFAULT_EXEMPT, "::ffff:127.0.0.1", False),
-        (rrl.DEFAULT_EXEMPT, "192.0.2.1", True),
-        ("", "127.0.0.1", True),
-        ("192.0.2.0/24, 2001:db8::/32", "192.0.2.77", False),
-        ("192.0.2.0/24, 2001:db8::/32", "2001:db8:ff::1", False),
-        ("192.0.2.0/24, 2001:db8::/32", "198.51.100.1", True),
-        ("192.0.2.5/32", "192.0.2.6", False),  # exemption covers whole client subnets
+        (RrlSettings().exempt, "127.0.0.1", False),
+        (RrlSettings().exempt, "::1", False),
+        (RrlSettings().exempt, "::ffff:127.0.0.1", False),
+        (RrlSettings().exempt, "192.0.2.1", True),
+        ((), "127.0.0.1", True),
+        (("192.0.2.0/24", "2001:db8::/32"), "192.0.2.77", False),
+        (("192.0.2.0/24", "2001:db8::/32"), "2001:db8:ff::1", False),
+        (("192.0.2.0/24", "2001:db8::/32"), "198.51.100.1", True),
+        (("192.0.2.5/32",), "192.0.2.6", False),  # exemption covers whole client subnets
     ],
 )
-def test_exempt_networks_are_never_limited(exempt: str, host: str, limited: bool) -> None:
+def test_exempt_networks_are_never_limited(exempt: tuple[str, ...], host: str, limited: bool) -> None:
     lim = limiter(1, window_s=1, slip=0, exempt=rrl.parse_exempt(exempt))
     assert run(lim, burst(5) + burst(5, at=101.0), host=host) == ([P, D, D, D, D] * 2 if limited else [P] * 10)
 
 
 def test_a_bad_exempt_list_is_refused() -> None:
     with pytest.raises(rrl.RrlError, match="GTM_EDGE_RRL_EXEMPT"):
-        rrl.parse_exempt("192.0.2.0/24,not-a-network")
+        rrl.parse_exempt(["192.0.2.0/24", "not-a-network"])
 
 
 def test_subnets_idle_for_a_window_are_forgotten_by_the_clock() -> None:
@@ -215,7 +217,7 @@ def test_the_table_is_capped_and_new_subnets_share_one_counter_while_it_is_full(
 
 
 def test_exempt_clients_pass_even_when_the_table_is_full() -> None:
-    lim = limiter(1, slip=0, max_entries=10, exempt=rrl.parse_exempt(rrl.DEFAULT_EXEMPT))
+    lim = limiter(1, slip=0, max_entries=10, exempt=rrl.parse_exempt(RrlSettings().exempt))
     for i in range(10):
         run(lim, [100.0], host=f"10.0.{i}.1")
     assert run(lim, burst(5), host="127.0.0.1") == [P] * 5
@@ -245,7 +247,7 @@ def test_a_full_table_is_swept_once_a_second_by_the_clock_never_per_reply() -> N
 
 @given(st.text(max_size=60))
 def test_the_limiter_never_raises_on_an_odd_address(host: str) -> None:
-    assert limiter(1, exempt=rrl.parse_exempt(rrl.DEFAULT_EXEMPT)).check(host) in (PASS, DROP, SLIP)
+    assert limiter(1, exempt=rrl.parse_exempt(RrlSettings().exempt)).check(host) in (PASS, DROP, SLIP)
 
 
 @pytest.mark.parametrize(
@@ -291,10 +293,10 @@ def test_truncating_any_bytes_never_raises(data: bytes) -> None:
 
 
 def test_settings_default_to_200_per_s_per_subnet_with_slip_2_and_loopback_exempt() -> None:
-    s = from_env("edge", {})
-    assert (s.edge_rrl_responses_per_s, s.edge_rrl_window_s, s.edge_rrl_slip) == (200, 5, 2)
-    assert (s.edge_rrl_ipv4_prefix, s.edge_rrl_ipv6_prefix) == (24, 56)
-    assert rrl.parse_exempt(s.edge_rrl_exempt) == [
+    s = load("edge", {}).edge.rrl
+    assert (s.responses_per_s, s.window_s, s.slip) == (200, 5, 2)
+    assert (s.ipv4_prefix, s.ipv6_prefix) == (24, 56)
+    assert rrl.parse_exempt(s.exempt) == [
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
     ]
@@ -309,22 +311,28 @@ def test_settings_read_the_rrl_variables_and_zero_turns_it_off() -> None:
         "GTM_EDGE_RRL_IPV6_PREFIX": "64",
         "GTM_EDGE_RRL_EXEMPT": "",
     }
-    s = from_env("edge", env)
-    assert (s.edge_rrl_responses_per_s, s.edge_rrl_window_s, s.edge_rrl_slip) == (0, 15, 0)
-    assert (s.edge_rrl_ipv4_prefix, s.edge_rrl_ipv6_prefix, s.edge_rrl_exempt) == (32, 64, "")
+    s = load("edge", env).edge.rrl
+    assert (s.responses_per_s, s.window_s, s.slip) == (0, 15, 0)
+    assert (s.ipv4_prefix, s.ipv6_prefix, s.exempt) == (32, 64, ())
     counts = RrlCounts()
-    args = {"window_s": 15, "slip": 0, "ipv4_prefix": 32, "ipv6_prefix": 64, "exempt": "", "counts": counts}
-    assert rrl.from_settings(rate=0, **args) is None  # type: ignore[arg-type]
-    assert rrl.from_settings(rate=1, **args) is not None  # type: ignore[arg-type]
+    assert rrl.from_settings(s, counts) is None
+    assert rrl.from_settings(msgspec.structs.replace(s, responses_per_s=1), counts) is not None
 
 
 @pytest.mark.parametrize(
-    "env",
-    [{"GTM_EDGE_RRL_RESPONSES_PER_S": "lots"}, {"GTM_EDGE_RRL_IPV4_PREFIX": "33"}, {"GTM_EDGE_RRL_IPV6_PREFIX": "-1"}],
+    ("env", "message"),
+    [
+        ({"GTM_EDGE_RRL_RESPONSES_PER_S": "lots"}, "GTM_EDGE_RRL_RESPONSES_PER_S='lots' is not allowed"),
+        ({"GTM_EDGE_RRL_RESPONSES_PER_S": "-1"}, "must be an integer from 0 to"),
+        ({"GTM_EDGE_RRL_IPV4_PREFIX": "33"}, "GTM_EDGE_RRL_IPV4_PREFIX='33' is not allowed: it must be an integer from 0 to 32"),
+        ({"GTM_EDGE_RRL_IPV6_PREFIX": "-1"}, "from 0 to 128"),
+        ({"GTM_EDGE_RRL_WINDOW_S": "0"}, "GTM_EDGE_RRL_WINDOW_S='0'"),
+        ({"GTM_EDGE_RRL_EXEMPT": "192.0.2.0/24,not-a-network"}, "GTM_EDGE_RRL_EXEMPT"),
+    ],
 )
-def test_settings_refuse_bad_rrl_values(env: dict[str, str]) -> None:
-    with pytest.raises(SettingsError):
-        from_env("edge", env)
+def test_settings_refuse_bad_rrl_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load("edge", env)
 
 
 def test_limited_replies_are_exported_by_action() -> None:

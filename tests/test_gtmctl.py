@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.gtmctl.cli import main
-from shared import document
+from shared import manifest
 from tests.support import Api, Service, free_port
 
 DOC = """
@@ -126,16 +126,16 @@ def test_explain_finds_the_region_of_a_client_when_the_topology_holds_both_addre
 
 
 def test_unknown_kinds_in_a_document_are_refused() -> None:
-    with pytest.raises(document.DocumentError, match="unknown kinds: zones"):
-        document.load("zones: {}")
+    with pytest.raises(manifest.ManifestError, match="unknown kinds: zones"):
+        manifest.load("zones: {}")
 
 
 def test_plan_orders_creates_by_dependency_and_deletes_in_reverse() -> None:
-    desired = document.load(DOC)
-    changes = document.plan(desired, {}, prune=True)
+    desired = manifest.load(DOC)
+    changes = manifest.plan(desired, {}, prune=True)
     assert [(c.action, c.kind) for c in changes][:3] == [
         ("create", "pools"), ("create", "pools"), ("create", "domains")
     ]
     current = {"pools": {"Old": {"type": "ipv4"}}, "domains": {"old.example.com": {"record_type": "A"}}}
-    deletes = [c for c in document.plan({}, current, prune=True) if c.action == "delete"]
+    deletes = [c for c in manifest.plan({}, current, prune=True) if c.action == "delete"]
     assert [c.kind for c in deletes] == ["domains", "pools"]

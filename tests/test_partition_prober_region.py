@@ -82,10 +82,10 @@ def test_a_region_cut_off_from_one_data_centre_is_outvoted_and_a_real_outage_swi
         answers.append(dns_answer(client, core.ip, DOMAIN, timeout=0.5))
         time.sleep(0.1)
     dc1_views = [pool_state_decoder.decode(a.data) for a in list(views) if a.t > cut_at]
-    regions = [v.addresses[0].regions for v in dc1_views if v.pool == "DC1" and v.addresses]
+    vantages = [v.addresses[0].vantages for v in dc1_views if v.pool == "DC1" and v.addresses]
     assert not list(switches), [event_decoder.decode(a.data) for a in switches]
     assert answers and all(a == [dc1.ip] for a in answers), answers
-    assert {"r1": "down", "r2": "up"} in regions, regions  # the scheduler did see r1's view, and outvoted it
+    assert {"r1": "down", "r2": "up"} in vantages, vantages  # the scheduler did see r1's view, and outvoted it
 
     dc1_server.kill()
     killed = time.monotonic()

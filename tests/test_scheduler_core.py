@@ -17,7 +17,7 @@ from services.scheduler.decide import (
     pool_group,
     same_content,
 )
-from services.scheduler.health import LastResult, RegionState, State, address_status, is_settled, observe
+from services.scheduler.health import LastResult, State, VantageState, address_status, is_settled, observe
 from services.scheduler.switch import detect_switch
 from shared.messages import AddressState, AnswerGroup, AnswerSet
 from shared.resources import Address, Domain, HealthCheck, Pool, PoolRef
@@ -39,7 +39,7 @@ def res(ok: bool, error: str = "connection refused", protocol: str = "http", at:
     return LastResult(ok=ok, error="" if ok else error, protocol=protocol, at=at)
 
 
-def feed(seq: str, check: HealthCheck, start: RegionState | None = None) -> RegionState:
+def feed(seq: str, check: HealthCheck, start: VantageState | None = None) -> VantageState:
     """Feed a string of results ("+" ok, "-" fail) into the state machine."""
     state = start
     for c in seq:
@@ -48,9 +48,9 @@ def feed(seq: str, check: HealthCheck, start: RegionState | None = None) -> Regi
     return state
 
 
-def region(state: State, error: str = "connection refused", protocol: str = "http") -> RegionState:
+def region(state: State, error: str = "connection refused", protocol: str = "http") -> VantageState:
     failure = res(False, error, protocol)
-    return RegionState(state=state, last=res(True) if state == "up" else failure, last_failure=failure)
+    return VantageState(state=state, last=res(True) if state == "up" else failure, last_failure=failure)
 
 
 def view(pool: Pool, up: set[str], current: str | None = None, warming: bool = False) -> PoolView:
@@ -156,12 +156,12 @@ NOW, SINCE = 100.0, 99.0  # tracked for 1 s, interval 5 s
         (addr("a", "10.0.0.1"), {"r1": region("down")}, False, "a http connection refused"),
         (addr("a", "10.0.0.1"), {"r1": region("down", "timeout", "tcp")}, False, "a tcp timeout"),
         (addr("a", "10.0.0.1"), {"r1": region("down", "status 503")}, False, "a http status 503"),
-        (addr("a", "10.0.0.1"), {"r1": RegionState()}, False, "a http no result yet"),
+        (addr("a", "10.0.0.1"), {"r1": VantageState()}, False, "a http no result yet"),
         (addr("a", "10.0.0.1", enabled=False), {"r1": region("up")}, False, "a disabled"),
     ],
 )
 def test_address_availability_by_mode_and_check(
-    address: Address, regions: dict[str, RegionState], available: bool, reason: str
+    address: Address, regions: dict[str, VantageState], available: bool, reason: str
 ) -> None:
     status = address_status(address, regions, now=NOW, tracked_since=SINCE)
     assert (status.available, status.reason) == (available, reason)
@@ -192,7 +192,7 @@ def test_address_availability_by_mode_and_check(
 )
 def test_failure_rate_combines_known_regions(failure_rate: int, states: str, available: bool) -> None:
     names: dict[str, State] = {"u": "up", "d": "down", "?": "unknown"}
-    regions = {f"r{i}": region(names[c]) if c != "?" else RegionState() for i, c in enumerate(states)}
+    regions = {f"r{i}": region(names[c]) if c != "?" else VantageState() for i, c in enumerate(states)}
     address = addr("a", "10.0.0.1", health_check=hc(failure_rate=failure_rate))
     assert address_status(address, regions, now=NOW, tracked_since=SINCE).available is available
 
@@ -547,7 +547,7 @@ def test_domain_warms_while_one_of_its_pools_does(
     ("address", "regions", "elapsed", "settled"),
     [
         (addr("a", "10.0.0.1"), {}, 1.0, False),
-        (addr("a", "10.0.0.1"), {"r1": RegionState()}, 1.0, False),
+        (addr("a", "10.0.0.1"), {"r1": VantageState()}, 1.0, False),
         (addr("a", "10.0.0.1"), {"r1": region("down")}, 1.0, True),
         (addr("a", "10.0.0.1"), {}, 5.0, True),
         (addr("a", "10.0.0.1", health_check=None), {}, 0.0, True),
@@ -556,7 +556,7 @@ def test_domain_warms_while_one_of_its_pools_does(
     ],
 )
 def test_checked_address_settles_on_first_result_or_interval(
-    address: Address, regions: dict[str, RegionState], elapsed: float, settled: bool
+    address: Address, regions: dict[str, VantageState], elapsed: float, settled: bool
 ) -> None:
     assert is_settled(address, regions, now=SINCE + elapsed, tracked_since=SINCE) is settled
 

@@ -120,7 +120,7 @@ def test_primary_failure_moves_the_answer_and_emits_a_switch() -> None:
     assert switch.reason == "Primary-DC unavailable: Primary-DC-1 http connection refused"
     assert (switch.before, switch.after) == (["10.0.0.1"], ["10.0.1.1"])
     [state] = out.pool_states
-    assert (state.pool, state.available, state.addresses[0].regions) == ("Primary-DC", False, {"r1": "down"})
+    assert (state.pool, state.available, state.addresses[0].vantages) == ("Primary-DC", False, {"r1": "down"})
 
 
 def test_a_result_that_changes_nothing_publishes_nothing() -> None:

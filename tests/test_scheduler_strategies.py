@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from services.scheduler.decide import PoolView, decide_domain, evaluate_pool, pool_group
-from services.scheduler.health import RegionState, address_status
+from services.scheduler.health import VantageState, address_status
 from services.scheduler.switch import detect_switch
 from shared.messages import AddressState, AnswerGroup, AnswerSet
 from shared.resources import Address, Domain, HealthCheck, Pool, PoolRef
@@ -305,8 +305,8 @@ def test_cname_domain_answers_host_names_of_domain_pools(
 
 # -- address modes and health conditions ---------------------------------------------------------
 
-DOWN = RegionState(state="down")
-UP = RegionState(state="up")
+DOWN = VantageState(state="down")
+UP = VantageState(state="up")
 
 
 @pytest.mark.parametrize(
@@ -321,7 +321,7 @@ UP = RegionState(state="up")
         ("auto", {}, False, True),  # no check: always available
     ],
 )
-def test_address_mode(mode: str, regions: dict[str, RegionState], has_check: bool, available: bool) -> None:
+def test_address_mode(mode: str, regions: dict[str, VantageState], has_check: bool, available: bool) -> None:
     a = mkaddr("a", "10.0.0.1", mode=mode, health_check=CHECK if has_check else None)
     assert address_status(a, regions, now=100.0, tracked_since=0.0).available is available
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.scheduler.health import RegionState, expired_regions, waiting_on
+from services.scheduler.health import VantageState, expired_vantages, waiting_on
 from shared.messages import PoolState
 from shared.resources import Address, HealthCheck, Pool
 from tests.test_scheduler_engine import DOMAIN, World, check, result
@@ -15,8 +15,8 @@ from tests.test_scheduler_engine import DOMAIN, World, check, result
 # -- waiting: which threshold the worst region waits on -------------------------------------------
 
 
-def rs(state: str, oks: int = 0, fails: int = 0, seen: float = 0.0) -> RegionState:
-    return RegionState(state=state, oks=oks, fails=fails, seen=seen)  # type: ignore[arg-type]
+def rs(state: str, oks: int = 0, fails: int = 0, seen: float = 0.0) -> VantageState:
+    return VantageState(state=state, oks=oks, fails=fails, seen=seen)  # type: ignore[arg-type]
 
 
 def checked(**kw: Any) -> Address:
@@ -39,7 +39,7 @@ def checked(**kw: Any) -> Address:
     ],
 )
 def test_waiting_names_the_threshold_of_the_worst_region(
-    regions: dict[str, RegionState], waiting: str
+    regions: dict[str, VantageState], waiting: str
 ) -> None:
     assert waiting_on(checked(), regions) == waiting
 
@@ -147,7 +147,7 @@ MAX_AGE_S = 3 * 5 + 2  # 3 x interval_s + timeout_s of check()
 )
 def test_a_region_expires_after_three_intervals_and_a_timeout(age: float, expired: bool) -> None:
     regions = {"r1": rs("up", seen=100.0)}
-    assert expired_regions(regions, check(), now=100.0 + age) == (["r1"] if expired else [])
+    assert expired_vantages(regions, check(), now=100.0 + age) == (["r1"] if expired else [])
 
 
 def two_regions(rate: int = 50) -> World:
@@ -171,7 +171,7 @@ def test_a_dead_vantage_point_stops_pinning_an_address_down() -> None:
     out = w.tick(1.0)  # r1's last result is older than 3 intervals and a timeout: forgotten
     assert [a.pool for a in out.answers] == ["Primary-DC"]
     [state] = [s for s in out.pool_states if s.pool == "Primary-DC"]
-    assert state.addresses[0].regions == {"r2": "up"}
+    assert state.addresses[0].vantages == {"r2": "up"}
 
 
 @pytest.mark.parametrize(("ok", "pool"), [(False, "Backup-DC"), (True, "Primary-DC")])
@@ -183,7 +183,7 @@ def test_with_every_region_gone_an_address_keeps_its_last_availability(ok: bool,
     w.tick(60.0)
     assert w.engine.answers[DOMAIN].pool == pool
     state = w.engine.pool_states["Primary-DC"].addresses[0]
-    assert (state.available, state.regions, state.warming) == (ok, {}, False)
+    assert (state.available, state.vantages, state.warming) == (ok, {}, False)
     w.feed(result("Primary-DC", 1, not ok))  # a prober is back: its result counts again
     assert w.engine.answers[DOMAIN].pool == ("Primary-DC" if not ok else "Backup-DC")
 

@@ -1,4 +1,4 @@
-"""A second SIGINT/SIGTERM never kills a process that is draining (``shared.service.run``).
+"""A second SIGINT/SIGTERM never kills a process that is draining (``shared.process.run``).
 
 A Ctrl-C reaches the whole process group and ``make`` (or a supervisor) then sends its own
 SIGTERM: whichever comes second must find the process ignoring it, never at SIG_DFL.
@@ -21,7 +21,7 @@ from tests.support import ROOT
 # service's own.
 CHILD = """
 import asyncio, sys
-from shared import logs, service
+from shared import logs, process
 
 async def main(stop: asyncio.Event) -> None:
     print("ready", flush=True)
@@ -29,7 +29,7 @@ async def main(stop: asyncio.Event) -> None:
     await asyncio.sleep(float(sys.argv[1]))
 
 logs.configure(service="signals", fmt="json")
-service.run(main, stop_deadline_s=60)
+process.run(main, stop_deadline_s=60)
 """
 
 ROUNDS = 8

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
-import nats.errors
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -16,24 +15,16 @@ from aiohttp.web_request import BaseRequest
 
 from services.config.apply import execute
 from services.config.backend import Backend, run_backend
+from services.config.codec import API_BASE, DOMAIN, KINDS, MAX_BODY_BYTES, Kind, etag
 from services.config.console import setup_console
-from services.config.documents import (
-    ALERT_TARGET,
-    API_BASE,
-    DOMAIN,
-    MAX_BODY_BYTES,
-    POOL,
-    TEMPLATE,
-    TOPOLOGY,
-    Kind,
-    etag,
-)
 from services.config.errors import (
+    NATS_ERRORS,
     ApiError,
     PayloadTooLarge,
     Unauthorized,
     code_for_status,
     error_body,
+    nats_unavailable,
 )
 from services.config.metrics import metrics_middleware
 from services.config.notifier import AlertPolicy, Notifier
@@ -71,9 +62,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         message = _http_message(request, exc)
         return json_response(error_body(code_for_status(exc.status), message), status=exc.status, headers=headers)
-    except (TimeoutError, nats.errors.Error) as exc:
+    except NATS_ERRORS as exc:
         log.warning("nats_request_failed", path=request.path, error=repr(exc))
-        return json_response(error_body("unavailable", f"NATS did not answer: {exc!r}"), status=503)
+        err = nats_unavailable(exc)
+        return json_response(err.body(), status=err.status)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         return json_response(error_body("internal", "internal error"), status=500)
@@ -93,7 +85,7 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With a token configured, require the Bearer token outside /healthz, /readyz and the console's files."""
     auth, query_token = request.headers.get("Authorization"), request.query.get("token")
-    if not request_allowed(request.path, auth, query_token, request.app[SETTINGS].api_token):
+    if not request_allowed(request.path, auth, query_token, request.app[SETTINGS].api.token):
         raise Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
@@ -217,12 +209,8 @@ def create_app(
             web.get("/healthz", healthz, allow_head=False),
             web.get("/readyz", readyz, allow_head=False),
             web.get("/metrics", ops.metrics, allow_head=False),
-            *resource_routes(POOL),
             web.get(f"{API_BASE}/{DOMAIN.collection}/{{name}}/status", domain_status, allow_head=False),
-            *resource_routes(DOMAIN),
-            *resource_routes(TEMPLATE),
-            *resource_routes(ALERT_TARGET),
-            *resource_routes(TOPOLOGY),
+            *(route for kind in KINDS.values() for route in resource_routes(kind)),
             web.get(f"{API_BASE}/events", list_events, allow_head=False),
         ]
     )

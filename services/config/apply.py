@@ -7,12 +7,13 @@ One REST call: ``{"method": "PUT", "path": "/api/v1/pools/Primary-DC", "body": {
 ``{"status": 201, "body": {...}}`` where ``body`` is what the REST API would answer (the error
 body for a status >= 400, null for 204).  The REST handlers run through :func:`execute` too.
 
-A whole document, as ``gtmctl apply`` takes it (:mod:`shared.document`, gtm.yaml as JSON):
+A whole document, as ``gtmctl apply`` takes it (:mod:`shared.manifest`, gtm.yaml as JSON):
 ``{"document": {"pools": {...}, "domains": {...}}, "prune": false, "dry_run": false}``.  The plan
-against the store is :func:`shared.document.plan`, exactly as gtmctl computes it.  Every change is
-checked first with the store's own decoding and validation, as if the earlier changes of the plan
-were already written; only when all pass are they written, in dependency order (health templates,
-pools, domains, alert targets, topology; prunes in reverse) through the same store writes as the
+against the store is :func:`shared.manifest.plan`, exactly as gtmctl computes it.  Every change is
+checked first with the store's own checks (:func:`~services.config.store.check_put`,
+:func:`~services.config.store.check_delete`), as if the earlier changes of the plan were already
+written; only when all pass are they written, in dependency order (health templates, pools,
+domains, alert targets, topology; prunes in reverse) through the same store writes as the
 REST API (operation events, revisions, 409 for a resource in use).  Replies:
 
 - ``{"status": 200, "body": {"changes": [{"action", "kind", "name"}], "dry_run": bool}}``
@@ -33,30 +34,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import nats.errors
 import structlog
 from msgspec import Struct
 
-from services.config.documents import (
-    API_BASE,
-    COLLECTIONS,
-    Kind,
-    decode,
-    parse_json,
-    render,
-)
+from services.config.codec import API_BASE, COLLECTIONS, MANIFEST_KINDS, Kind, Stored, render
 from services.config.errors import (
+    NATS_ERRORS,
     ApiError,
-    Conflict,
     InvalidArgument,
     MethodNotAllowed,
     NotFound,
-    error_body,
     from_decode_error,
+    nats_unavailable,
 )
-from services.config.store import ConfigStore, Stored
-from shared import document
-from shared.resources import HealthCheck
+from services.config.store import ConfigStore, check_delete, check_put
+from shared import manifest
 
 log = structlog.get_logger(__name__)
 
@@ -102,11 +94,6 @@ class DocumentRequest(Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
 request_decoder = msgspec.json.Decoder(ApplyRequest)
 document_decoder = msgspec.json.Decoder(DocumentRequest)
 _peek_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-
-# document kind ("pools", "health_templates", ...) -> the store's Kind, in the order changes apply.
-DOC_KINDS: dict[str, Kind] = {name: COLLECTIONS[spec[0]] for name, spec in document.KINDS.items()} | {
-    name: COLLECTIONS[spec[0]] for name, spec in document.SINGLETONS.items()
-}
 
 
 def parse_path(path: str) -> tuple[Kind, str | None]:
@@ -154,9 +141,9 @@ async def apply(store: ConfigStore, req: ApplyRequest) -> ApplyReply:
         outcome = await execute(store, method, kind, name, bytes(req.body), if_match=req.if_match)
         return ApplyReply(status=outcome.status, body=outcome.body)
     except ApiError as exc:
-        return ApplyReply(status=exc.status, body=exc.body())
-    except (TimeoutError, nats.errors.Error) as exc:
-        return ApplyReply(status=503, body=error_body("unavailable", f"NATS did not answer: {exc!r}"))
+        return _refused(exc)
+    except NATS_ERRORS as exc:
+        return _refused(nats_unavailable(exc))
 
 
 async def handle(store: ConfigStore, data: bytes) -> bytes:
@@ -169,8 +156,7 @@ async def handle(store: ConfigStore, data: bytes) -> bytes:
     try:
         req = document_decoder.decode(data) if form == "document" else request_decoder.decode(data)
     except msgspec.DecodeError as exc:
-        err = from_decode_error(exc)
-        reply = ApplyReply(status=400, body=err.body())
+        reply = _refused(from_decode_error(exc))
     else:
         reply = await (apply_document(store, req) if isinstance(req, DocumentRequest) else apply(store, req))
     log.info("config_apply", form=form, status=reply.status)
@@ -184,31 +170,36 @@ async def apply_document(store: ConfigStore, req: DocumentRequest) -> ApplyReply
     """Check every change of the document's plan, then (unless ``dry_run``) write them all."""
     try:
         desired = canonical_names(_parse(req.document))
-        changes = document.plan(desired, await current_state(store), prune=req.prune)
+        changes = manifest.plan(desired, await current_state(store), prune=req.prune)
         await Preview(store).check_all(changes)
     except ApiError as exc:
-        return ApplyReply(status=exc.status, body=exc.body())
-    except (TimeoutError, nats.errors.Error) as exc:
-        return ApplyReply(status=503, body=error_body("unavailable", f"NATS did not answer: {exc!r}"))
+        return _refused(exc)
+    except NATS_ERRORS as exc:
+        return _refused(nats_unavailable(exc))
     if req.dry_run:
         return ApplyReply(status=200, body={"changes": _listed(changes), "dry_run": True})
-    applied: list[document.Change] = []
+    applied: list[manifest.Change] = []
     try:
         for change in changes:
             await _write(store, change)
             applied.append(change)
     except ApiError as exc:
-        return ApplyReply(status=exc.status, body={**exc.body(), "applied": _listed(applied)})
-    except (TimeoutError, nats.errors.Error) as exc:
-        body = error_body("unavailable", f"NATS did not answer: {exc!r}")
-        return ApplyReply(status=503, body={**body, "applied": _listed(applied)})
+        return _refused(exc, applied=applied)
+    except NATS_ERRORS as exc:
+        return _refused(nats_unavailable(exc), applied=applied)
     return ApplyReply(status=200, body={"changes": _listed(changes), "dry_run": False})
+
+
+def _refused(exc: ApiError, *, applied: list[manifest.Change] | None = None) -> ApplyReply:
+    """The error reply; after a write failed midway, it lists the changes already ``applied``."""
+    body = exc.body() if applied is None else {**exc.body(), "applied": _listed(applied)}
+    return ApplyReply(status=exc.status, body=body)
 
 
 def _parse(raw: Any) -> dict[str, dict[str, dict[str, Any]]]:
     try:
-        return document.from_mapping(raw)
-    except document.DocumentError as exc:
+        return manifest.from_mapping(raw)
+    except manifest.ManifestError as exc:
         raise InvalidArgument(str(exc), "document") from None
 
 
@@ -216,7 +207,7 @@ def canonical_names(desired: dict[str, dict[str, dict[str, Any]]]) -> dict[str, 
     """The document with every resource under its canonical name (as the store keys it)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for doc_kind, items in desired.items():
-        kind, named = DOC_KINDS[doc_kind], {}
+        kind, named = MANIFEST_KINDS[doc_kind], {}
         for name, body in items.items():
             try:
                 canon = name if kind.singleton else kind.canonical(name)
@@ -232,7 +223,7 @@ def canonical_names(desired: dict[str, dict[str, dict[str, Any]]]) -> dict[str, 
 async def current_state(store: ConfigStore) -> dict[str, dict[str, dict[str, Any]]]:
     """Every stored resource as the REST API renders it, in the document's shape."""
     state: dict[str, dict[str, dict[str, Any]]] = {}
-    for doc_kind, kind in DOC_KINDS.items():
+    for doc_kind, kind in MANIFEST_KINDS.items():
         if kind.singleton:
             found = await store.find(kind, kind.singleton)
             state[doc_kind] = {"": _one(kind, found).body} if found else {}
@@ -248,15 +239,16 @@ def located(exc: ApiError, doc_kind: str, name: str) -> ApiError:
     return exc
 
 
-class Preview(ConfigStore):
+class Preview:
     """The store as it will be once the changes checked so far are written; it writes nothing.
 
-    It runs the store's own checks (decoding, preconditions, validation, resources in use), so a
-    document is refused with exactly the errors the REST calls would have met one by one.
+    Each change goes through the store's own checks (decoding, preconditions, validation,
+    resources in use) read through this preview, so a document is refused with exactly the
+    errors the REST calls would have met one by one.
     """
 
     def __init__(self, store: ConfigStore) -> None:
-        super().__init__(store.kv, store.js, view=store.view)
+        self._store = store
         self._pending: dict[tuple[str, str], Stored | None] = {}  # None: deleted
         self._lists: dict[str, list[Stored]] = {}
 
@@ -264,12 +256,12 @@ class Preview(ConfigStore):
         """The resource after the pending changes."""
         if (kind.resource, name) in self._pending:
             return self._pending[kind.resource, name]
-        return await super().find(kind, name)
+        return await self._store.find(kind, name)
 
     async def list_all(self, kind: Kind) -> list[Stored]:
         """Every resource of ``kind`` after the pending changes."""
         if kind.resource not in self._lists:
-            self._lists[kind.resource] = await super().list_all(kind)
+            self._lists[kind.resource] = await self._store.list_all(kind)
         found = {s.name: s for s in self._lists[kind.resource]}
         for (resource, name), stored in self._pending.items():
             if resource == kind.resource:
@@ -278,36 +270,28 @@ class Preview(ConfigStore):
                     found[name] = stored
         return sorted(found.values(), key=lambda s: s.name)
 
-    async def check_all(self, changes: list[document.Change]) -> None:
+    async def check_all(self, changes: list[manifest.Change]) -> None:
         """Check each change in plan order; raise the first refusal, located in the document."""
         for change in changes:
-            kind = DOC_KINDS[change.kind]
+            kind = MANIFEST_KINDS[change.kind]
             try:
                 await self.check(kind, kind.singleton or change.name, change)
             except ApiError as exc:
                 raise located(exc, change.kind, change.name) from None
 
-    async def check(self, kind: Kind, name: str, change: document.Change) -> None:
+    async def check(self, kind: Kind, name: str, change: manifest.Change) -> None:
         """Check one change as the store's write would, then count it as done."""
         if change.action == "delete":
-            await self._current(kind, name, if_match=None, body_revision=None, must_exist=True)
-            if users := await self._users(kind, name):
-                what = f"{kind.resource.replace('_', ' ')} {name!r}"
-                raise Conflict(f"{what} is used by {users}; remove it from there first")
+            await check_delete(self, kind, name, if_match=None)
             self._pending[kind.resource, name] = None
             return
-        body = msgspec.json.encode(change.body)
-        incoming = decode(kind, body)
-        current = await self._current(kind, name, if_match=None, body_revision=incoming.revision)
-        validated = await self._validate(kind, name, parse_json(body), incoming, current)
-        if isinstance(validated, HealthCheck):
-            await self._reresolved(name, validated)  # the pools made from it must stay valid
-        self._pending[kind.resource, name] = Stored(name, validated, current.revision if current else 0)
+        current, validated = await check_put(self, kind, name, msgspec.json.encode(change.body), if_match=None)
+        self._pending[kind.resource, name] = Stored(name, validated.resource, current.revision if current else 0)
 
 
-async def _write(store: ConfigStore, change: document.Change) -> None:
+async def _write(store: ConfigStore, change: manifest.Change) -> None:
     """Write one checked change through the store (as the REST API does); errors are located."""
-    kind = DOC_KINDS[change.kind]
+    kind = MANIFEST_KINDS[change.kind]
     name = kind.singleton or change.name
     try:
         if change.action == "delete":
@@ -318,5 +302,5 @@ async def _write(store: ConfigStore, change: document.Change) -> None:
         raise located(exc, change.kind, change.name) from None
 
 
-def _listed(changes: list[document.Change]) -> list[dict[str, str]]:
+def _listed(changes: list[manifest.Change]) -> list[dict[str, str]]:
     return [{"action": c.action, "kind": c.kind, "name": c.name} for c in changes]

@@ -16,12 +16,12 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from services.config import apply
-from services.config.documents import DOMAIN, POOL
+from services.config.codec import DOMAIN, POOL
 from services.config.errors import Unavailable, error_body
+from services.config.mirror import ConfigView
 from services.config.store import ConfigStore
-from services.config.view import ConfigView
 from services.config.views import EventLog, ProbeTable, render_status
-from shared import bus, ops, subjects
+from shared import bus, subjects
 from shared.messages import (
     OperationEvent,
     answer_set_decoder,
@@ -50,6 +50,7 @@ class Backend:
         self.events = EventLog(event_capacity)
         self.probes = ProbeTable()
         self.ready = asyncio.Event()
+        self.session = bus.Session(settings.nats, js_timeout_s=JS_TIMEOUT_S, close_timeout_s=DRAIN_TIMEOUT_S)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
@@ -58,12 +59,8 @@ class Backend:
 
     async def start(self) -> None:
         """Connect (waiting for NATS as long as it takes), declare streams, fill the caches."""
-        self.nc = await bus.connect(self.settings.nats)
-        ops.watch_nats(self.nc)
-        self.js = self.nc.jetstream(timeout=JS_TIMEOUT_S)
-        replicas = bus.replicas(self.nc, self.settings.nats)
-        await bus.ensure_streams(self.js, replicas=replicas)
-        self.kv = await bus.config_bucket(self.js, replicas=replicas)
+        await self.session.open()
+        self.nc, self.js, self.kv = self.session.nc, self.session.js, self.session.config
         self.view = ConfigView(self.js)
         await self.view.start()
         self._store = ConfigStore(self.kv, self.js, view=self.view, on_event=self._on_own_event)
@@ -74,10 +71,9 @@ class Backend:
 
     async def close(self) -> None:
         """Drain the NATS connection (close it if draining does not finish quickly)."""
-        nc, self.nc = self.nc, None
+        self.nc = None
         self.ready.clear()
-        if nc is not None:
-            await bus.close(nc, timeout_s=DRAIN_TIMEOUT_S)
+        await self.session.close()
 
     @property
     def connected(self) -> bool:

@@ -6,29 +6,40 @@ import re
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from shared.resources import ResourceError
 
-CODE_FOR_STATUS: dict[int, str] = {
-    400: "invalid_argument",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    412: "precondition_failed",
-    413: "payload_too_large",
-    503: "unavailable",
+STATUS_FOR_CODE: dict[str, int] = {  # the one table of codes and their HTTP statuses
+    "invalid_argument": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "precondition_failed": 412,
+    "payload_too_large": 413,
+    "internal": 500,
+    "unavailable": 503,
 }
+CODE_FOR_STATUS: dict[int, str] = {status: code for code, status in STATUS_FOR_CODE.items()}
+NATS_ERRORS: tuple[type[Exception], ...] = (TimeoutError, nats.errors.Error)  # NATS did not answer
 
 _AT_RE = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _FIELD_RE = re.compile(r"(?:unknown field|missing required field) `(?P<name>[^`]+)`")
 
 
 class ApiError(Exception):
-    """Base of every error the API reports; ``status`` and ``code`` are stable."""
+    """Base of every error the API reports; ``code`` is stable, ``status`` follows from it.
 
-    status = 500
+    A subclass names its code: ``class NotFound(ApiError, code="not_found")``.
+    """
+
     code = "internal"
+    status = STATUS_FOR_CODE[code]
+
+    def __init_subclass__(cls, *, code: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code, cls.status = code, STATUS_FOR_CODE[code]
 
     def __init__(self, message: str, field: str = "", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -41,52 +52,41 @@ class ApiError(Exception):
         return error_body(self.code, self.message, self.field)
 
 
-class InvalidArgument(ApiError):
+class InvalidArgument(ApiError, code="invalid_argument"):
     """The request is malformed or the resource is invalid."""
 
-    status, code = 400, "invalid_argument"
 
-
-class Unauthorized(ApiError):
+class Unauthorized(ApiError, code="unauthorized"):
     """No or a wrong bearer token."""
 
-    status, code = 401, "unauthorized"
 
-
-class NotFound(ApiError):
+class NotFound(ApiError, code="not_found"):
     """The resource or route does not exist."""
 
-    status, code = 404, "not_found"
 
-
-class MethodNotAllowed(ApiError):
+class MethodNotAllowed(ApiError, code="method_not_allowed"):
     """The resource exists but does not take this method."""
 
-    status, code = 405, "method_not_allowed"
 
-
-class Conflict(ApiError):
+class Conflict(ApiError, code="conflict"):
     """The write conflicts with other resources or a concurrent writer."""
 
-    status, code = 409, "conflict"
 
-
-class PreconditionFailed(ApiError):
+class PreconditionFailed(ApiError, code="precondition_failed"):
     """``If-Match`` (or the body's ``revision``) is stale."""
 
-    status, code = 412, "precondition_failed"
 
-
-class PayloadTooLarge(ApiError):
+class PayloadTooLarge(ApiError, code="payload_too_large"):
     """The request body is over the limit."""
 
-    status, code = 413, "payload_too_large"
 
-
-class Unavailable(ApiError):
+class Unavailable(ApiError, code="unavailable"):
     """NATS (and so the store) cannot be reached."""
 
-    status, code = 503, "unavailable"
+
+def nats_unavailable(exc: Exception) -> Unavailable:
+    """The error for a NATS request that failed (one of :data:`NATS_ERRORS`)."""
+    return Unavailable(f"NATS did not answer: {exc!r}")
 
 
 def error_body(code: str, message: str, field: str = "") -> dict[str, Any]:

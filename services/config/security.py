@@ -6,7 +6,7 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 
-from services.config.documents import API_BASE
+from services.config.codec import API_BASE
 from shared.settings import Settings, split_host_port
 
 DEFAULT_API_PORT = 8080
@@ -39,8 +39,8 @@ class ListenCheck:
 
 def check_listen(settings: Settings) -> ListenCheck:
     """Refuse a non-loopback listen address without a token; warn on an open loopback one."""
-    host, port = split_host_port(settings.api_listen, default_port=DEFAULT_API_PORT)
-    if settings.api_token:
+    host, port = split_host_port(settings.api.listen, default_port=DEFAULT_API_PORT)
+    if settings.api.token:
         return ListenCheck(host, port)
     if not is_loopback(host):
         return ListenCheck(

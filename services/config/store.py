@@ -7,8 +7,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -16,52 +15,35 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from services.config.documents import (
+from services.config.codec import (
     DOMAIN,
     POOL,
     TEMPLATE,
-    HealthTemplate,
     Incoming,
     Kind,
     Resource,
+    Stored,
     check_preconditions,
     decode,
-    document,
     merge_patch,
     parse_json,
+    patchable,
     pop_revision,
 )
-from services.config.errors import (
-    ApiError,
-    Conflict,
-    InvalidArgument,
-    NotFound,
-    from_resource_error,
-)
+from services.config.errors import ApiError, Conflict, NotFound
+from services.config.mirror import ConfigView
 from services.config.validation import (
-    expand_templates,
+    Related,
+    Validated,
     reresolve,
     template_refs,
+    users,
     uses_template,
-    validate_alert_target,
-    validate_regions,
-    validate_template,
-    validate_topology,
+    validate_write,
 )
-from services.config.view import ConfigView
 from shared import subjects
 from shared.messages import OperationEvent, encoder
-from shared.resources import (
-    NAME_RE,
-    AlertTarget,
-    Domain,
-    HealthCheck,
-    Pool,
-    ResourceError,
-    Topology,
-    validate_domain,
-    validate_pool,
-)
+from shared.resources import NAME_RE, Domain, HealthCheck, HealthTemplate, Pool
 
 log = structlog.get_logger(__name__)
 
@@ -69,17 +51,25 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)
 _REWRITE_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
-class Stored:
-    """A resource as stored, with its KV revision."""
+class Reader(Protocol):
+    """What checking a write reads: the store, or a preview of it with changes not yet written."""
 
-    name: str
-    resource: Resource
-    revision: int
+    async def find(self, kind: Kind, name: str) -> Stored | None:
+        """The resource called ``name`` (canonical), or None."""
+
+    async def list_all(self, kind: Kind) -> list[Stored]:
+        """Every resource of ``kind``, sorted by name."""
 
 
 class ConfigStore:
-    """Reads (from the bucket view) and validated writes of every config resource, each write logged."""
+    """The config resources in the ``gtm_config`` bucket: reads, and validated writes each logged.
+
+    ``find`` reads one key from KV; lists and the scans behind a write's checks read the bucket
+    view (caught up first).  A write is checked (:func:`check_put`, :func:`check_write` after a
+    merge-patch, :func:`check_delete`) and stored under a lock, with optimistic concurrency against
+    other writers, then published as an operation event; a changed health template also rewrites
+    the pools made from it.
+    """
 
     def __init__(
         self,
@@ -134,29 +124,14 @@ class ConfigStore:
         await self.view.caught_up()
         return self.view.scan(prefix)
 
-    async def domains_using(self, pool: str) -> list[str]:
-        """Names of the domains that use ``pool``."""
-        return [
-            s.name
-            for s in await self.list_all(DOMAIN)
-            if isinstance(s.resource, Domain) and any(ref.pool == pool for ref in s.resource.pools)
-        ]
-
-    async def pools_using(self, template: str) -> list[Stored]:
-        """The stored pools with a check made from health template ``template``."""
-        return [
-            s for s in await self.list_all(POOL) if isinstance(s.resource, Pool) and uses_template(s.resource, template)
-        ]
-
     # -- writes ----------------------------------------------------------------
 
     async def put(self, kind: Kind, name: str, body: bytes, *, if_match: str | None) -> tuple[Stored, bool]:
         """Create or replace a resource; return it and whether it was created."""
         name = kind.canonical(name)
-        incoming = decode(kind, body)
         async with self._lock:
-            current = await self._current(kind, name, if_match=if_match, body_revision=incoming.revision)
-            stored = await self._write(kind, name, parse_json(body), incoming, current, "PUT")
+            current, validated = await check_put(self, kind, name, body, if_match=if_match)
+            stored = await self._write(kind, name, validated, current, "PUT")
         return stored, current is None
 
     async def patch(self, kind: Kind, name: str, body: bytes, *, if_match: str | None) -> Stored:
@@ -165,20 +140,19 @@ class ConfigStore:
         patch = parse_json(body)
         body_revision = pop_revision(patch)
         async with self._lock:
-            current = await self._current(kind, name, if_match=if_match, body_revision=body_revision, must_exist=True)
+            current = await checked_current(self, kind, name, if_match=if_match, body_revision=body_revision,
+                                            must_exist=True)
             assert current is not None
-            merged = merge_patch(document(current.resource), patch)
+            merged = merge_patch(patchable(current.resource), patch)
             incoming = decode(kind, msgspec.json.encode(merged))
-            return await self._write(kind, name, merged, incoming, current, "PATCH")
+            validated = await check_write(self, name, merged, incoming, current)
+            return await self._write(kind, name, validated, current, "PATCH")
 
     async def delete(self, kind: Kind, name: str, *, if_match: str | None) -> int:
         """Delete a resource (409 for one in use); return the delete marker's revision."""
         name = kind.canonical(name)
         async with self._lock:
-            current = await self._current(kind, name, if_match=if_match, body_revision=None, must_exist=True)
-            assert current is not None
-            if users := await self._users(kind, name):
-                raise Conflict(f"{_what(kind, name)} is used by {users}; remove it from there first")
+            current = await check_delete(self, kind, name, if_match=if_match)
             try:
                 await self.kv.delete(kind.key(name), last=current.revision)
             except APIError as exc:
@@ -191,43 +165,17 @@ class ConfigStore:
 
     # -- internals -------------------------------------------------------------
 
-    async def _current(
-        self, kind: Kind, name: str, *, if_match: str | None, body_revision: int | None, must_exist: bool = False
-    ) -> Stored | None:
-        """The stored resource, after checking the write's preconditions against it."""
-        current = await self.find(kind, name)
-        check_preconditions(
-            if_match=if_match,
-            body_revision=body_revision,
-            current=current.revision if current else None,
-            what=_what(kind, name),
-            must_exist=must_exist,
-        )
-        return current
-
-    async def _users(self, kind: Kind, name: str) -> str:
-        """What uses the resource (it cannot be deleted then), as words; "" when nothing does."""
-        if kind is POOL and (domains := await self.domains_using(name)):
-            return _names("domain", domains)
-        if kind is TEMPLATE and (pools := await self.pools_using(name)):
-            return _names("pool", [s.name for s in pools])
-        return ""
-
-    async def _write(
-        self, kind: Kind, name: str, doc: Any, incoming: Incoming, current: Stored | None, method: str
-    ) -> Stored:
-        """Validate and store ``incoming`` (decoded from ``doc``) over ``current``; log the operation.
+    async def _write(self, kind: Kind, name: str, validated: Validated, current: Stored | None, method: str) -> Stored:
+        """Store a checked write over ``current`` and log the operation.
 
         A changed health template is re-resolved into every pool made from it, each pool
         rewritten with its own operation event, so the probers see the change.
         """
-        validated = await self._validate(kind, name, doc, incoming, current)
-        followers = await self._reresolved(name, validated) if isinstance(validated, HealthCheck) else []
-        revision = await self._store(kind, name, validated, current)
+        revision = await self._store(kind, name, validated.resource, current)
         await self._record(kind, name, method, revision)
-        for pool, new in followers:
+        for pool, new in validated.followers:
             await self._rewrite_pool(pool, new, template=name)
-        return Stored(name, validated, revision)
+        return Stored(name, validated.resource, revision)
 
     async def _store(self, kind: Kind, name: str, resource: Resource, current: Stored | None) -> int:
         """Create or update one KV entry; a concurrent writer is a conflict."""
@@ -238,60 +186,6 @@ class ConfigStore:
             return int(await self.kv.update(kind.key(name), data, last=current.revision))
         except KeyWrongLastSequenceError:
             raise _concurrent(kind, name) from None
-
-    async def _validate(self, kind: Kind, name: str, doc: Any, incoming: Incoming, current: Stored | None) -> Resource:
-        try:
-            if isinstance(incoming, Pool):
-                return await self._validate_pool(name, doc, current)
-            if isinstance(incoming, Domain):
-                pools: dict[str, Pool] = {}
-                for ref in incoming.pools:
-                    found = await self.find(POOL, ref.pool)
-                    if found is not None and isinstance(found.resource, Pool):
-                        pools[ref.pool] = found.resource
-                return validate_domain(incoming, name, pools)
-            if isinstance(incoming, HealthTemplate):
-                return validate_template(incoming, name)
-            if isinstance(incoming, AlertTarget):
-                return validate_alert_target(incoming, name)
-            assert isinstance(incoming, Topology)
-            return validate_topology(incoming)
-        except ResourceError as exc:
-            raise from_resource_error(exc) from None
-
-    async def _validate_pool(self, name: str, doc: Any, current: Stored | None) -> Pool:
-        """Resolve the pool's template references, then check it like any pool."""
-        templates: dict[str, HealthCheck] = {}
-        for ref in template_refs(doc):
-            found = await self.find(TEMPLATE, ref) if re.match(NAME_RE, ref) else None
-            if found is not None and isinstance(found.resource, HealthCheck):
-                templates[ref] = found.resource
-        resolved = decode(POOL, msgspec.json.encode(expand_templates(doc, templates)))
-        assert isinstance(resolved, Pool)
-        pool = validate_pool(resolved, name)
-        validate_regions(pool)
-        changes_type = current is not None and isinstance(current.resource, Pool) and current.resource.type != pool.type
-        if changes_type and (users := await self.domains_using(name)):
-            raise InvalidArgument(f"pool {name!r} is used by {_names('domain', users)}; its type cannot change", "type")
-        return pool
-
-    async def _reresolved(self, template: str, check: HealthCheck) -> list[tuple[Stored, Pool]]:
-        """The pools made from ``template`` that change with its new version, each re-resolved and checked."""
-        out = []
-        for stored in await self.pools_using(template):
-            assert isinstance(stored.resource, Pool)
-            new = reresolve(stored.resource, template, check)
-            if new == stored.resource:
-                continue
-            try:
-                validate_pool(new, stored.name)
-            except ResourceError as exc:
-                where = exc.field.rpartition(".health_check.")
-                raise InvalidArgument(
-                    f"{exc.message} in pool {stored.name!r} ({exc.field})", where[2] if where[1] else ""
-                ) from None
-            out.append((stored, new))
-        return out
 
     async def _rewrite_pool(self, stored: Stored, new: Pool, *, template: str) -> None:
         """Store a re-resolved pool; re-read and redo it if it changed meanwhile (another writer)."""
@@ -343,24 +237,101 @@ class ConfigStore:
 
     def _decode_stored(self, kind: Kind, name: str, value: bytes) -> Resource:
         try:
-            resource: Resource = kind.stored.decode(value)
+            resource: Resource = kind.stored_decoder.decode(value)
         except msgspec.DecodeError as exc:
             log.error("stored_resource_unreadable", resource=kind.resource, name=name, error=str(exc))
             raise ApiError(f"stored {kind.resource} {name!r} is unreadable") from None
         return resource
 
 
-def _what(kind: Kind, name: str) -> str:
-    return kind.resource if kind.singleton else f"{kind.resource.replace('_', ' ')} {name!r}"
+
+# -- the checks of a write, over any reader ------------------------------------------------
 
 
-def _names(what: str, names: list[str]) -> str:
-    return (what if len(names) == 1 else f"{what}s") + " " + ", ".join(names)
+async def checked_current(
+    reader: Reader, kind: Kind, name: str, *, if_match: str | None, body_revision: int | None, must_exist: bool = False
+) -> Stored | None:
+    """The resource as ``reader`` has it, after checking a write's preconditions against it."""
+    current = await reader.find(kind, name)
+    check_preconditions(
+        if_match=if_match,
+        body_revision=body_revision,
+        current=current.revision if current else None,
+        what=kind.describe(name),
+        must_exist=must_exist,
+    )
+    return current
+
+
+async def check_put(
+    reader: Reader, kind: Kind, name: str, body: bytes, *, if_match: str | None
+) -> tuple[Stored | None, Validated]:
+    """Check a PUT of ``body`` to ``name`` (canonical): the resource it replaces, and what to store."""
+    incoming = decode(kind, body)
+    current = await checked_current(reader, kind, name, if_match=if_match, body_revision=incoming.revision)
+    return current, await check_write(reader, name, parse_json(body), incoming, current)
+
+
+async def check_write(reader: Reader, name: str, doc: Any, incoming: Incoming, current: Stored | None) -> Validated:
+    """Validate ``incoming`` (decoded from ``doc``) against the resources around it in ``reader``."""
+    related = await _related(reader, name, doc, incoming, current)
+    return validate_write(name, doc, incoming, current=current.resource if current else None, related=related)
+
+
+async def check_delete(reader: Reader, kind: Kind, name: str, *, if_match: str | None) -> Stored:
+    """Check a DELETE of ``name`` (canonical): it exists, matches ``if_match``, and nothing uses it."""
+    current = await checked_current(reader, kind, name, if_match=if_match, body_revision=None, must_exist=True)
+    assert current is not None
+    related = Related(
+        domains_using=await domains_using(reader, name) if kind is POOL else (),
+        pools_using=await pools_using(reader, name) if kind is TEMPLATE else (),
+    )
+    if used_by := users(related):
+        raise Conflict(f"{kind.describe(name)} is used by {used_by}; remove it from there first")
+    return current
+
+
+async def _related(reader: Reader, name: str, doc: Any, incoming: Incoming, current: Stored | None) -> Related:
+    """What :func:`validate_write` checks ``incoming`` against, read from ``reader``."""
+    if isinstance(incoming, Pool):
+        templates: dict[str, HealthCheck] = {}
+        for template in template_refs(doc):
+            found = await reader.find(TEMPLATE, template) if re.match(NAME_RE, template) else None
+            if found is not None and isinstance(found.resource, HealthCheck):
+                templates[template] = found.resource
+        retyped = current is not None and isinstance(current.resource, Pool) and current.resource.type != incoming.type
+        return Related(templates=templates, domains_using=await domains_using(reader, name) if retyped else ())
+    if isinstance(incoming, Domain):
+        pools: dict[str, Pool] = {}
+        for ref in incoming.pools:
+            found = await reader.find(POOL, ref.pool)
+            if found is not None and isinstance(found.resource, Pool):
+                pools[ref.pool] = found.resource
+        return Related(pools=pools)
+    if isinstance(incoming, HealthTemplate):
+        return Related(pools_using=await pools_using(reader, name))
+    return Related()
+
+
+async def domains_using(reader: Reader, pool: str) -> tuple[str, ...]:
+    """Names of the domains that use ``pool``."""
+    return tuple(
+        s.name
+        for s in await reader.list_all(DOMAIN)
+        if isinstance(s.resource, Domain) and any(ref.pool == pool for ref in s.resource.pools)
+    )
+
+
+async def pools_using(reader: Reader, template: str) -> tuple[Stored, ...]:
+    """The pools with a check made from health template ``template``."""
+    return tuple(
+        s for s in await reader.list_all(POOL) if isinstance(s.resource, Pool) and uses_template(s.resource, template)
+    )
 
 
 def _not_found(kind: Kind, name: str) -> ApiError:
-    return NotFound(f"{_what(kind, name)} not found")
+    return NotFound(f"{kind.describe(name)} not found")
 
 
 def _concurrent(kind: Kind, name: str) -> Conflict:
-    return Conflict(f"{_what(kind, name)} was changed concurrently; read it again and retry")
+    return Conflict(f"{kind.describe(name)} was changed concurrently; read it again and retry")

@@ -1,4 +1,8 @@
-"""Pure checks of the resources shared/ does not validate itself, and health-template resolution.
+"""Pure checks of a proposed config write (:func:`validate_write`), the resource checks shared/
+does not do itself, and health-template resolution.
+
+A write is checked against the resources around it (:class:`Related`), which the caller reads
+first: the store before it writes, a preview of the store when a whole document is checked.
 
 An address refers to a template as ``"health_check": {"template": "web", "port": 8081}``:
 the fields given beside ``template`` override the template's, field by field.  Pools are
@@ -8,27 +12,123 @@ so nothing downstream needs to know about templates.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from services.config.documents import HealthTemplate
+from services.config.codec import POOL, Incoming, Resource, Stored, decode
+from services.config.errors import InvalidArgument, from_resource_error
 from shared.resources import (
     NAME_RE,
     AlertTarget,
+    Domain,
     HealthCheck,
+    HealthTemplate,
     Pool,
     ResourceError,
     Topology,
     check_health,  # the same rules as an address's check
+    validate_domain,
+    validate_pool,
 )
 
 CHECK_FIELDS = tuple(f for f in HealthCheck.__struct_fields__ if f not in ("template", "overrides"))
 _NAME = re.compile(NAME_RE)
+
+
+@dataclass(frozen=True)
+class Related:
+    """The other resources a write or delete is checked against (read by the caller)."""
+
+    templates: Mapping[str, HealthCheck] = dataclasses.field(default_factory=dict)  # a pool's health templates, by name
+    pools: Mapping[str, Pool] = dataclasses.field(default_factory=dict)  # a domain's pools, by name
+    domains_using: tuple[str, ...] = ()  # the domains that use this pool (for a delete, or a change of type)
+    pools_using: tuple[Stored, ...] = ()  # the pools made from this health template
+
+
+@dataclass(frozen=True)
+class Validated:
+    """A write that passed: the resource to store, and the pools re-resolved from a changed template."""
+
+    resource: Resource
+    followers: tuple[tuple[Stored, Pool], ...] = ()  # (pool as stored, its new version) to rewrite
+
+
+def validate_write(name: str, doc: Any, incoming: Incoming, *, current: Resource | None, related: Related) -> Validated:
+    """Check a proposed write of resource ``name``: ``incoming``, decoded from JSON ``doc``, over ``current``.
+
+    Raise ``invalid_argument`` naming the field.  The store runs this before every write, and
+    so does the check of a whole document, against the store as the document's earlier changes
+    will have left it.
+    """
+    try:
+        resource: Resource
+        if isinstance(incoming, Pool):
+            resource = _validate_pool(name, doc, current, related)
+        elif isinstance(incoming, Domain):
+            resource = validate_domain(incoming, name, related.pools)
+        elif isinstance(incoming, HealthTemplate):
+            resource = validate_template(incoming, name)
+        elif isinstance(incoming, AlertTarget):
+            resource = validate_alert_target(incoming, name)
+        else:
+            resource = validate_topology(incoming)
+    except ResourceError as exc:
+        raise from_resource_error(exc) from None
+    if isinstance(resource, HealthCheck):  # a template: the pools made from it must stay valid
+        return Validated(resource, _reresolved(name, resource, related.pools_using))
+    return Validated(resource)
+
+
+def users(related: Related) -> str:
+    """What uses the resource (it cannot be deleted then), in words; "" when nothing does."""
+    if related.domains_using:
+        return _names("domain", related.domains_using)
+    if related.pools_using:
+        return _names("pool", [s.name for s in related.pools_using])
+    return ""
+
+
+def _names(what: str, found: Sequence[str]) -> str:
+    """``domain a.example.com`` or ``domains a.example.com, b.example.com``."""
+    return (what if len(found) == 1 else f"{what}s") + " " + ", ".join(found)
+
+
+def _validate_pool(name: str, doc: Any, current: Resource | None, related: Related) -> Pool:
+    """Resolve the pool's template references, then check it like any pool."""
+    resolved = decode(POOL, msgspec.json.encode(expand_templates(doc, related.templates)))
+    assert isinstance(resolved, Pool)
+    pool = validate_pool(resolved, name)
+    validate_regions(pool)
+    if isinstance(current, Pool) and current.type != pool.type and related.domains_using:
+        used_by = _names("domain", related.domains_using)
+        raise InvalidArgument(f"pool {name!r} is used by {used_by}; its type cannot change", "type")
+    return pool
+
+
+def _reresolved(template: str, check: HealthCheck, pools: Sequence[Stored]) -> tuple[tuple[Stored, Pool], ...]:
+    """The ``pools`` made from ``template`` that change with its new version, each re-resolved and checked."""
+    out = []
+    for stored in pools:
+        assert isinstance(stored.resource, Pool)
+        new = reresolve(stored.resource, template, check)
+        if new == stored.resource:
+            continue
+        try:
+            validate_pool(new, stored.name)
+        except ResourceError as exc:
+            where = exc.field.rpartition(".health_check.")
+            raise InvalidArgument(
+                f"{exc.message} in pool {stored.name!r} ({exc.field})", where[2] if where[1] else ""
+            ) from None
+        out.append((stored, new))
+    return tuple(out)
 
 
 def check_name(given: str | None, name: str) -> None:

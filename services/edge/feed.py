@@ -128,7 +128,7 @@ class AnswerFeed:
         except StaleAnswer as stale:
             log.info("answer_ignored_older", domain=stale.domain, revision=stale.offered, installed=stale.installed)
             return
-        except ValueError as exc:  # msgspec.ValidationError and wire.Malformed both are
+        except ValueError as exc:  # msgspec.DecodeError (ValidationError too) and wire.Malformed both are
             log.warning("answer_rejected", subject=subject, error=str(exc))
             return
         except Exception:
@@ -186,7 +186,7 @@ class TopologyFeed:
             return  # the subscription delivers again what start() read
         try:
             regions = RegionMap.from_value(value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except msgspec.DecodeError as exc:  # not JSON, or not a Topology (a ValidationError)
             log.warning("topology_rejected", revision=revision, error=str(exc))
             return
         self._revision = revision

@@ -15,12 +15,15 @@ from services.edge import wire
 from services.edge.compile import REFUSED, Variant
 from services.edge.stats import QueryCounts
 from services.edge.table import AnswerTable
+from services.edge.wire import QType, Rcode
 
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
-_OPT_START = b"\x00\x00\x29"  # root owner, type OPT
+_OPT_START = b"\x00" + QType.OPT.to_bytes(2, "big")  # root owner, type OPT
 _NO_RDATA = b"\x00\x00"
 _NOT_PLAIN_QUERY = wire.QR | wire.OPCODE_MASK
+# Read per query: plain ints (looking an enum member up costs ~0.1 us each time).
+_FORMERR, _NOTIMP, _BADVERS = int(Rcode.FORMERR), int(Rcode.NOTIMP), int(Rcode.BADVERS)
 
 
 class Responder:
@@ -36,6 +39,7 @@ class Responder:
 
     def answer(self, data: bytes, tcp: bool = False, client: object = None) -> bytes | None:
         """The reply to ``data`` (from ``client``, a socket address), or None when it deserves silence."""
+        # Each shape repeats the lookup inline: sharing it costs the fast path ~5 % (measured).
         if len(data) > 16 and not data[2] & _NOT_PLAIN_QUERY:
             counts = data[4:12]
             if counts == _PLAIN_COUNTS:
@@ -72,13 +76,13 @@ class Responder:
             query = None
         if flags & wire.OPCODE_MASK:
             # No question echoed: other opcodes give the section other meanings (UPDATE's zone).
-            return _error(qid, flags, wire.NOTIMP, query, echo=False)
+            return _error(qid, flags, _NOTIMP, query, echo=False)
         if query is None:
-            return _error(qid, flags, wire.FORMERR, None)
+            return _error(qid, flags, _FORMERR, None)
         if query.edns and query.version > 0:  # options of another EDNS version mean what it says
-            return _error(qid, flags, wire.BADVERS, query)
+            return _error(qid, flags, _BADVERS, query)
         if query.ecs_error:  # RFC 7871 section 6: reject a malformed Client Subnet
-            return _error(qid, flags, wire.FORMERR, query)
+            return _error(qid, flags, _FORMERR, query)
         return self._reply(qid, flags & wire.RD, query, tcp, client)
 
     def _reply(self, qid: bytes, rd: int, query: wire.Query, tcp: bool, client: object) -> bytes:

@@ -22,11 +22,12 @@ from collections.abc import Hashable, Iterable
 
 from services.edge import wire
 from services.edge.stats import RrlCounts
+from shared.settings import RrlSettings
 
 PASS, DROP, SLIP = 0, 1, 2
 _NEVER = -(1 << 29)  # the exempt entry's count at each second: no number of replies in one brings it to the rate
 MAX_ENTRIES = 100_000  # about 20 MB at most
-DEFAULT_EXEMPT = "127.0.0.0/8,::1/128"  # loopback cannot be spoofed from the network (martian filter)
+DEFAULTS = RrlSettings()  # each default written once, in shared/settings.py
 
 _MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 client on a dual-stack socket
 _aton = socket.inet_aton
@@ -41,16 +42,12 @@ class RrlError(ValueError):
     """An RRL setting the edge cannot use."""
 
 
-def parse_exempt(text: str) -> list[Network]:
-    """Networks from a comma-separated CIDR list ("" = none)."""
-    nets: list[Network] = []
-    for part in text.split(","):
-        if part.strip():
-            try:
-                nets.append(ipaddress.ip_network(part.strip(), strict=False))
-            except ValueError as exc:
-                raise RrlError(f"GTM_EDGE_RRL_EXEMPT: {exc}") from None
-    return nets
+def parse_exempt(cidrs: Iterable[str]) -> list[Network]:
+    """Networks from CIDRs (the settings checked them already: a bad one raises :class:`RrlError`)."""
+    try:
+        return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+    except ValueError as exc:
+        raise RrlError(f"GTM_EDGE_RRL_EXEMPT: {exc}") from None
 
 
 class Limiter:
@@ -65,10 +62,10 @@ class Limiter:
         self,
         *,
         rate: int,
-        window_s: int = 5,
-        slip: int = 2,
-        ipv4_prefix: int = 24,
-        ipv6_prefix: int = 56,
+        window_s: int = DEFAULTS.window_s,
+        slip: int = DEFAULTS.slip,
+        ipv4_prefix: int = DEFAULTS.ipv4_prefix,
+        ipv6_prefix: int = DEFAULTS.ipv6_prefix,
         exempt: Iterable[Network] = (),
         max_entries: int = MAX_ENTRIES,
         counts: RrlCounts | None = None,
@@ -230,20 +227,17 @@ def truncated(reply: bytes) -> bytes:
     return reply[:2] + bytes((reply[2] | wire.TC, reply[3])) + counts + reply[wire.HEADER_LEN : end] + opt
 
 
-def from_settings(
-    *, rate: int, window_s: int, slip: int, ipv4_prefix: int, ipv6_prefix: int, exempt: str, counts: RrlCounts
-) -> Limiter | None:
+def from_settings(settings: RrlSettings, counts: RrlCounts) -> Limiter | None:
     """The limiter of the settings, or None when RRL is off (rate 0)."""
-    if rate <= 0:
+    if settings.responses_per_s == 0:
         return None
     return Limiter(
-        rate=rate,
-        window_s=window_s,
-        slip=slip,
-        ipv4_prefix=ipv4_prefix,
-        ipv6_prefix=ipv6_prefix,
-        exempt=parse_exempt(exempt),
+        rate=settings.responses_per_s,
+        window_s=settings.window_s,
+        slip=settings.slip,
+        ipv4_prefix=settings.ipv4_prefix,
+        ipv6_prefix=settings.ipv6_prefix,
+        exempt=parse_exempt(settings.exempt),
         counts=counts,
         now=time.monotonic(),
     )
-

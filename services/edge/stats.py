@@ -14,7 +14,9 @@ from prometheus_client import Histogram
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.edge import wire
 from services.edge.table import AnswerTable
+from services.edge.wire import QType, Rcode
 
 LATENCY_SAMPLE = 64  # time one query in 64: two clock reads per query would cost more than the count
 
@@ -25,8 +27,10 @@ ANSWER_SECONDS = Histogram(
     buckets=(0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025),
 )
 
-_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
-_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 15: "MX", 16: "TXT", 28: "AAAA", 65: "HTTPS", 255: "ANY"}
+# The query types counted under their own name; any other is "other", so no query can grow the label set.
+_LABELLED_TYPES = (QType.A, QType.NS, QType.CNAME, QType.SOA, QType.MX, QType.TXT, QType.AAAA, QType.HTTPS, QType.ANY)
+_TYPE_LABELS = {int(t): t.name for t in _LABELLED_TYPES}
+_RCODE_LABELS = {int(r): r.name for r in Rcode}
 
 
 class QueryCounts:
@@ -95,18 +99,12 @@ def _decode(question: bytes) -> tuple[bytes, str]:
     if len(question) < 5:
         return b"", "none"
     qtype = int.from_bytes(question[-4:-2], "big")
-    return question[:-4], _TYPES.get(qtype, "other")
+    return question[:-4], _TYPE_LABELS.get(qtype, "other")
 
 
 def _domain(table: AnswerTable, wire_name: bytes) -> str:
     """The access domain a name is, or "other" (unknown names must not grow the label set)."""
-    if wire_name not in table.names:
-        return "other"
-    labels, i = [], 0
-    while i < len(wire_name) and wire_name[i]:
-        labels.append(wire_name[i + 1 : i + 1 + wire_name[i]].decode("ascii", "replace"))
-        i += wire_name[i] + 1
-    return ".".join(labels)
+    return wire.wire_to_text(wire_name) if wire_name in table.names else "other"
 
 
 class EdgeCollector(Collector):
@@ -126,7 +124,7 @@ class EdgeCollector(Collector):
         rows += [(q, rc, n) for (q, rc), n in list(self.counts.other.items())]
         for question, rcode, n in rows:
             name, qtype = _decode(question)
-            key = (_domain(self.table, name), qtype, _RCODES.get(rcode, str(rcode)))
+            key = (_domain(self.table, name), qtype, _RCODE_LABELS.get(rcode, str(rcode)))
             totals[key] = totals.get(key, 0) + n
         family = CounterMetricFamily("gtm_edge_queries", "DNS queries answered", labels=["domain", "type", "rcode"])
         for labels, n in sorted(totals.items()):

@@ -65,7 +65,7 @@ def restore(table: AnswerTable, snap: Snapshot) -> None:
             log.warning("answer_rejected", domain=aset.domain, error=str(exc), source="disk")
     try:
         table.set_topology(snap.topology, RegionMap.from_value(snap.topology))
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except msgspec.DecodeError as exc:  # not JSON, or not a Topology (a ValidationError)
         log.warning("topology_rejected", error=str(exc), source="disk")
 
 

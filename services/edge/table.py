@@ -16,13 +16,15 @@ from collections.abc import Iterator
 from services.edge import wire
 from services.edge.compile import REFUSED, Answer, Compiled, Picker, compile_answer_set
 from services.edge.topology import EMPTY, RegionMap
+from services.edge.wire import QType
 from services.edge.zone import Zone
 from shared.messages import AnswerSet, encoder
 
 # Query types answered on the fast path (others parse the packet): what resolvers ask most.
-FAST_QTYPES = (wire.TYPE_A, wire.TYPE_AAAA, 65)  # 65: HTTPS, asked beside A and AAAA by browsers
+FAST_QTYPES = (QType.A, QType.AAAA, QType.HTTPS)  # HTTPS: asked beside A and AAAA by browsers
 _FAST_TAILS = tuple((qtype, struct.pack("!HH", qtype, wire.CLASS_IN)) for qtype in FAST_QTYPES)
-_CNAME_TAIL = struct.pack("!HH", wire.TYPE_CNAME, wire.CLASS_IN)  # CNAME domains answer it too
+_CNAME_TAIL = struct.pack("!HH", QType.CNAME, wire.CLASS_IN)  # CNAME domains answer it too
+_ANY = int(QType.ANY)  # read per query: a plain int
 _ROOM = wire.MIN_PAYLOAD - wire.HEADER_LEN - 4  # for the name and the EDNS body
 
 
@@ -158,7 +160,7 @@ class AnswerTable:
             del self.tombstones[name]
         if gone:
             self.changes += 1
-        return [wire.wire_to_text(name).rstrip(".") for name in gone]
+        return [wire.wire_to_text(name) for name in gone]
 
     def encoded(self) -> Iterator[bytes]:
         """Every installed AnswerSet and kept tombstone, encoded (what a disk snapshot holds).
@@ -177,7 +179,7 @@ class AnswerTable:
             answer = nodata  # no records: NODATA whatever the type
         elif compiled.by_region is not None:
             answer = None  # depends on the client's location: slow path
-        cname = rtype == wire.TYPE_CNAME
+        cname = rtype == QType.CNAME
         room = _ROOM - len(name)
         fast = self.fast
         for qtype, tail in _FAST_TAILS:
@@ -204,7 +206,7 @@ class AnswerTable:
         zone = self.zone
         if zone is not None:
             # The apex's SOA and NS come from the zone, even when the apex is also an access domain.
-            if name == zone.name and qtype in zone.apex and (compiled is None or qtype != wire.TYPE_ANY):
+            if name == zone.name and qtype in zone.apex and (compiled is None or qtype != _ANY):
                 return zone.apex[qtype], None
             if compiled is None and zone.contains(name):
                 return zone.negative(name, qtype, self._below.get(name, 0) > 0), None

@@ -9,6 +9,7 @@ replies carry are built by dnslib when an answer set is compiled
 
 from __future__ import annotations
 
+import enum
 import struct
 from functools import lru_cache
 from typing import NamedTuple
@@ -20,39 +21,58 @@ TC = 0x02
 RD = 0x01
 OPCODE_MASK = 0x78
 
-TYPE_A = 1
-TYPE_NS = 2
-TYPE_CNAME = 5
-TYPE_SOA = 6
-TYPE_OPT = 41
-TYPE_AAAA = 28
-TYPE_IXFR = 251
-TYPE_AXFR = 252
-TYPE_ANY = 255
 CLASS_IN = 1
 
-NOERROR = 0
-FORMERR = 1
-NXDOMAIN = 3
-NOTIMP = 4
-REFUSED = 5
-BADVERS = 16  # extended rcode: 1 in the OPT's upper bits, 0 in the header
+
+class QType(enum.IntEnum):
+    """The query and record types the edge names (members compare and hash as their ints)."""
+
+    A = 1
+    NS = 2
+    CNAME = 5
+    SOA = 6
+    MX = 15
+    TXT = 16
+    AAAA = 28
+    OPT = 41  # EDNS pseudo-RR (RFC 6891)
+    HTTPS = 65  # RFC 9460, asked beside A and AAAA by browsers
+    IXFR = 251
+    AXFR = 252
+    ANY = 255
+
+
+class Rcode(enum.IntEnum):
+    """Response codes (members compare and hash as their ints)."""
+
+    NOERROR = 0
+    FORMERR = 1
+    SERVFAIL = 2
+    NXDOMAIN = 3
+    NOTIMP = 4
+    REFUSED = 5
+    BADVERS = 16  # extended rcode: 1 in the OPT's upper bits, 0 in the header
+
 
 EDNS_PAYLOAD = 1232  # what we advertise (DNS flag day 2020)
 MIN_PAYLOAD = 512
 MAX_TCP = 65535
 MAX_NAME = 255
 
-RECORD_TYPES: dict[str, int] = {"A": TYPE_A, "AAAA": TYPE_AAAA, "CNAME": TYPE_CNAME}
+# Zone transfers, refused (plain ints: read per query, where looking an enum member up costs ~0.1 us).
+TRANSFER_QTYPES = (int(QType.AXFR), int(QType.IXFR))
+
+# The record types an access domain may have, by the name an AnswerSet gives them (plain ints:
+# a domain's type is compared per query, where a member compares slower than an int).
+RECORD_TYPES: dict[str, int] = {t.name: int(t) for t in (QType.A, QType.AAAA, QType.CNAME)}
 
 OPTION_ECS = 8  # EDNS Client Subnet, RFC 7871
 FAMILY_IPV4 = 1
 FAMILY_IPV6 = 2
 ADDRESS_BITS = {FAMILY_IPV4: 32, FAMILY_IPV6: 128}
 
-_U16 = struct.Struct("!H")
 _COUNTS = struct.Struct("!HHHH")
 _RR_FIXED = struct.Struct("!HHHIH")  # pointer, type, class, ttl, rdlength
+_TYPE_OPT = int(QType.OPT)  # per query: a plain int, no enum attribute lookup
 
 
 class Malformed(ValueError):
@@ -61,7 +81,7 @@ class Malformed(ValueError):
 
 def opt_rr(ext_rcode: int = 0, options: bytes = b"") -> bytes:
     """Our OPT pseudo-RR: root name, payload 1232, version 0, no flags, ``options`` as given."""
-    return b"\x00" + struct.pack("!HHBBHH", TYPE_OPT, EDNS_PAYLOAD, ext_rcode, 0, 0, len(options)) + options
+    return b"\x00" + struct.pack("!HHBBHH", _TYPE_OPT, EDNS_PAYLOAD, ext_rcode, 0, 0, len(options)) + options
 
 
 OPT = opt_rr()
@@ -98,12 +118,8 @@ def name_labels(name: bytes) -> tuple[bytes, ...]:
 
 
 def wire_to_text(name: bytes) -> str:
-    """A wire name (uncompressed, as :func:`scan_name` checked it) as dotted text, for logs."""
-    labels, pos = [], 0
-    while name[pos]:
-        labels.append(name[pos + 1 : pos + 1 + name[pos]].decode("ascii", "backslashreplace"))
-        pos += 1 + name[pos]
-    return ".".join(labels) + "."
+    """An uncompressed wire name as a dotted domain, without the trailing dot ("" for the root)."""
+    return b".".join(name_labels(name)).decode("ascii", "backslashreplace")
 
 
 def answer_rr(rtype: int, ttl: int, data: bytes) -> bytes:
@@ -252,7 +268,7 @@ def parse_sections(data: bytes, pos: int, skip: int, additional: int) -> _Edns:
     for _ in range(additional):
         owner = pos
         rtype, rclass, ttl, rd_start, pos = _read_rr(data, pos)
-        if rtype != TYPE_OPT:
+        if rtype != _TYPE_OPT:
             continue  # e.g. TSIG: not supported, not fatal
         if found.edns or data[owner] != 0:
             raise Malformed("second OPT or OPT not at the root")

@@ -14,8 +14,8 @@ from types import FrameType
 
 import structlog
 
-from services.edge.app import serve
-from shared.service import run
+from services.edge.service import run as run_edge
+from shared.process import run
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -46,7 +46,7 @@ def _worker(settings: Settings, index: int, ready_fd: int, parent: int) -> int:
 
     try:
         # They all follow the same stream, so one keeps the shared snapshot file for all.
-        run(functools.partial(serve, settings=settings, on_ready=on_ready, persist=index == 0))
+        run(functools.partial(run_edge, settings, on_ready=on_ready, persist=index == 0))
         return 0
     except BaseException:  # noqa: BLE001 - report, then exit non-zero
         log.exception("worker_failed")
@@ -58,7 +58,7 @@ def _fork_workers(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
     parent = os.getpid()
     children: dict[int, int] = {}
     ready_fds: dict[int, int] = {}
-    for index in range(settings.edge_workers):
+    for index in range(settings.edge.workers):
         r, w = os.pipe()
         sys.stderr.flush()
         pid = os.fork()
@@ -75,8 +75,13 @@ def _fork_workers(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
     return children, ready_fds
 
 
+def fork_if_asked(settings: Settings) -> int | None:
+    """With ``GTM_EDGE_WORKERS`` above 1, run the workers and return the exit code; else None."""
+    return supervise(settings) if settings.edge.workers > 1 else None
+
+
 def supervise(settings: Settings) -> int:
-    """Run ``settings.edge_workers`` edges sharing the listen port; return the exit code."""
+    """Run ``settings.edge.workers`` edges sharing the listen port; return the exit code."""
     # print() writes a line and its newline separately: processes sharing stderr would interleave.
     structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=sys.stderr))
     children, ready_fds = _fork_workers(settings)
@@ -106,7 +111,7 @@ def supervise(settings: Settings) -> int:
             os.close(fd)
             if listen:
                 ready[index] = source
-                if len(ready) == settings.edge_workers:
+                if len(ready) == settings.edge.workers:
                     source = "disk" if "disk" in ready.values() else "live"
                     log.info("service_ready", listen=listen, workers=len(ready), source=source)
         code = max(code, _reap(children, stopping=bool(stopping_since)))

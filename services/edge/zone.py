@@ -9,6 +9,7 @@ import dnslib  # type: ignore[import-untyped]  # ships no type hints
 
 from services.edge import wire
 from services.edge.compile import REFUSED, Answer, dns_name, make_variant, pack
+from services.edge.wire import QType, Rcode
 
 SERIAL = 1  # every edge serves the same SOA; nothing transfers the zone
 REFRESH_S = 3600
@@ -32,21 +33,22 @@ class Zone:
         soa_record = dnslib.SOA(ns[0], dns_name(f"hostmaster.{self.text}"), times)
         soa_rdata = pack(soa_record)
         # In an authority section the SOA's TTL is the negative TTL (RFC 2308 section 3).
-        negative = (pack(dnslib.RR(apex, wire.TYPE_SOA, wire.CLASS_IN, NEGATIVE_TTL, soa_record)),)
-        self.nodata = Answer.fixed(make_variant(rcode=wire.NOERROR, aa=True, authority=negative))
-        self.nxdomain = Answer.fixed(make_variant(rcode=wire.NXDOMAIN, aa=True, authority=negative))
+        negative = (pack(dnslib.RR(apex, QType.SOA, wire.CLASS_IN, NEGATIVE_TTL, soa_record)),)
+        self.nodata = Answer.fixed(make_variant(rcode=Rcode.NOERROR, aa=True, authority=negative))
+        self.nxdomain = Answer.fixed(make_variant(rcode=Rcode.NXDOMAIN, aa=True, authority=negative))
         soa = Answer.fixed(
-            make_variant(rcode=wire.NOERROR, aa=True, rrs=[wire.answer_rr(wire.TYPE_SOA, APEX_TTL, soa_rdata)])
+            make_variant(rcode=Rcode.NOERROR, aa=True, rrs=[wire.answer_rr(QType.SOA, APEX_TTL, soa_rdata)])
         )
         ns_rdata = dict.fromkeys(pack(dnslib.NS(n)) for n in ns)  # each once, in order
-        ns_rrs = [wire.answer_rr(wire.TYPE_NS, APEX_TTL, rdata) for rdata in ns_rdata]
-        self.apex = {
-            wire.TYPE_SOA: soa,
-            wire.TYPE_NS: Answer.fixed(make_variant(rcode=wire.NOERROR, aa=True, rrs=ns_rrs)),
-            wire.TYPE_ANY: soa,  # RFC 8482: one RRset is enough
-            wire.TYPE_AXFR: REFUSED,
-            wire.TYPE_IXFR: REFUSED,
+        ns_rrs = [wire.answer_rr(QType.NS, APEX_TTL, rdata) for rdata in ns_rdata]
+        apex = {
+            QType.SOA: soa,
+            QType.NS: Answer.fixed(make_variant(rcode=Rcode.NOERROR, aa=True, rrs=ns_rrs)),
+            QType.ANY: soa,  # RFC 8482: one RRset is enough
+            QType.AXFR: REFUSED,
+            QType.IXFR: REFUSED,
         }
+        self.apex: dict[int, Answer] = {int(t): answer for t, answer in apex.items()}  # int keys: read per query
 
     @classmethod
     def from_settings(cls, zone: str, nameservers: str) -> Zone | None:
@@ -74,6 +76,6 @@ class Zone:
         """The answer for ``name`` inside the zone that is not an access domain."""
         if name == self.name:
             return self.apex.get(qtype, self.nodata)
-        if qtype in (wire.TYPE_AXFR, wire.TYPE_IXFR):
+        if qtype in wire.TRANSFER_QTYPES:
             return REFUSED
         return self.nodata if exists else self.nxdomain

@@ -9,41 +9,44 @@ import os
 import sys
 from typing import Any
 
-from services.gtmctl.client import ApiError, Client
-from shared import document
+from services.gtmctl.client import Client, RequestFailed
+from shared import manifest
 
+# what `gtmctl get` takes (a resource word, its URL segment, its list key) -> the document key
 ALIASES = {
-    "pool": "pools", "pools": "pools", "domain": "domains", "domains": "domains",
-    "template": "health_templates", "templates": "health_templates", "health-templates": "health_templates",
-    "alert-target": "alert_targets", "alert-targets": "alert_targets", "topology": "topology",
+    alias: key
+    for key, kind in manifest.KINDS.items()
+    for alias in (kind.resource.replace("_", "-"), kind.collection, kind.list_key.replace("_", "-"))
+    if alias
 }
 
 
 def current_state(client: Client, kinds: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """Every resource of ``kinds`` as the API has it now."""
     state: dict[str, dict[str, dict[str, Any]]] = {}
-    for kind in kinds:
-        if kind in document.SINGLETONS:
-            body = client.call("GET", f"/{document.SINGLETONS[kind][0]}")
-            state[kind] = {"": body} if body and body.get("revision") else {}
-            continue
-        collection, key, _ = document.KINDS[kind]
-        state[kind] = {r["name"]: r for r in client.call("GET", f"/{collection}")[key]}
+    for key in kinds:
+        kind = manifest.KINDS[key]
+        if kind.singleton:
+            body = client.call("GET", f"/{kind.collection}")
+            state[key] = {"": body} if body and body.get("revision") else {}
+        else:
+            state[key] = {r["name"]: r for r in client.call("GET", f"/{kind.collection}")[kind.list_key]}
     return state
 
 
-def _path(kind: str, name: str) -> str:
-    if kind in document.SINGLETONS:
-        return f"/{document.SINGLETONS[kind][0]}"
-    return f"/{document.KINDS[kind][0]}/{name}"
+def _path(key: str, name: str) -> str:
+    """The API path of a resource (a singleton's has no name)."""
+    kind = manifest.KINDS[key]
+    return f"/{kind.collection}" if kind.singleton else f"/{kind.collection}/{name}"
 
 
 def cmd_apply(client: Client, args: argparse.Namespace) -> int:
     """Make the API match the document: create and update, delete with --prune."""
     with open(args.file) if args.file != "-" else sys.stdin as f:
-        desired = document.load(f.read())
-    kinds = list(desired) if not args.prune else [*desired, *(k for k in document.KINDS if k not in desired)]
-    changes = document.plan(desired, current_state(client, kinds), prune=args.prune)
+        desired = manifest.load(f.read())
+    named = (k for k, kind in manifest.KINDS.items() if not kind.singleton and k not in desired)
+    kinds = [*desired, *named] if args.prune else list(desired)
+    changes = manifest.plan(desired, current_state(client, kinds), prune=args.prune)
     for ch in changes:
         label = f"{ch.kind.rstrip('s')} {ch.name}".strip()
         print(f"{'+' if ch.action == 'create' else '~' if ch.action == 'update' else '-'} {ch.action} {label}")
@@ -53,7 +56,7 @@ def cmd_apply(client: Client, args: argparse.Namespace) -> int:
             continue
         try:
             client.call("DELETE" if ch.action == "delete" else "PUT", _path(ch.kind, ch.name), ch.body)
-        except ApiError as exc:
+        except RequestFailed as exc:
             print(f"error: {label}: {exc}", file=sys.stderr)
             return 1
     if not changes:
@@ -67,7 +70,7 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
     if kind is None:
         print(f"error: unknown kind {args.kind!r}", file=sys.stderr)
         return 2
-    path = _path(kind, args.name) if args.name or kind in document.SINGLETONS else f"/{document.KINDS[kind][0]}"
+    path = _path(kind, args.name) if args.name else f"/{manifest.KINDS[kind].collection}"
     print(json.dumps(client.call("GET", path), indent=2))
     return 0
 
@@ -194,9 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(Client(args.api, args.token), args))
-    except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (document.DocumentError, OSError) as exc:
+    except (RequestFailed, manifest.ManifestError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -8,8 +8,8 @@ import urllib.request
 from typing import Any
 
 
-class ApiError(Exception):
-    """The API answered with an error body."""
+class RequestFailed(Exception):
+    """The API answered a request with an error status (and, usually, the contract's error body)."""
 
     def __init__(self, status: int, body: Any) -> None:
         err = body.get("error", {}) if isinstance(body, dict) else {}
@@ -30,7 +30,7 @@ class Client:
         self.timeout_s = timeout_s
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        """Send one request; return the decoded body or raise :class:`ApiError`."""
+        """Send one request; return the decoded body or raise :class:`RequestFailed`."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
@@ -45,5 +45,5 @@ class Client:
                 parsed = json.loads(raw) if raw else None
             except ValueError:
                 parsed = raw.decode(errors="replace")
-            raise ApiError(err.code, parsed) from None
+            raise RequestFailed(err.code, parsed) from None
         return json.loads(raw) if raw else None

@@ -72,10 +72,6 @@ class Checker:
         self._ping_privileged: bool | None = None  # the ICMP mode that worked last
         self._ping_warned = False
 
-    async def check(self, target: Target) -> Outcome:
-        """Check ``target`` once with its protocol."""
-        return await self.probe(target)()
-
     def probe(self, target: Target) -> Probe:
         """A reusable coroutine function that checks ``target`` once per call."""
         protocol = target.check.protocol

@@ -62,15 +62,15 @@ class Prober:
         self._tg = tg
         self._members = members
         self._draw = draw
-        self._sem = asyncio.Semaphore(settings.prober_concurrency)
+        self._sem = asyncio.Semaphore(settings.prober.concurrency)
         self._pools: dict[str, Pool] = {}
         self._targets: dict[str, Target] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_ok: dict[str, bool] = {}
         self._ready = False
         self._lags: list[float] = []  # seconds late, of the checks started since the last report
-        self._region = settings.prober_region
-        self._id = settings.prober_id
+        self._region = settings.prober.region
+        self._id = settings.prober.id
         if members is not None:
             members.set_on_change(lambda: self.reconcile(window_s=TAKEOVER_WINDOW_S))
 
@@ -230,21 +230,16 @@ class Prober:
         )
 
 
-async def main(settings: Settings, stop: asyncio.Event) -> None:
+async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Run the prober until ``stop`` is set."""
     async with contextlib.AsyncExitStack() as stack:
-        nc = await bus.connect(settings.nats)
-        stack.push_async_callback(bus.close, nc)
-        js = nc.jetstream()
-        replicas = bus.replicas(nc, settings.nats)
-        await bus.ensure_streams(js, replicas=replicas)
-        kv = await bus.config_bucket(js, replicas=replicas)
-        session = make_session(concurrency=settings.prober_concurrency)
+        nats = await stack.enter_async_context(bus.Session(settings.nats))
+        nc, kv = nats.nc, nats.config
+        session = make_session(concurrency=settings.prober.concurrency)
         stack.push_async_callback(session.close)
-        ops.watch_nats(nc)
         ready_flag = asyncio.Event()
         await stack.enter_async_context(ops.serve(settings.metrics_listen, ready=ready_flag.is_set))
-        members = Membership(nc=nc, region=settings.prober_region, prober=settings.prober_id)
+        members = Membership(nc=nc, region=settings.prober.region, prober=settings.prober.id)
         async with asyncio.TaskGroup() as tg:
             prober = Prober(settings=settings, nc=nc, checker=Checker(session), tg=tg, members=members)
 
@@ -252,8 +247,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 ready_flag.set()
                 log.info(
                     "service_ready",
-                    region=settings.prober_region,
-                    prober=settings.prober_id,
+                    region=settings.prober.region,
+                    prober=settings.prober.id,
                     targets=len(prober.targets),
                     members=sorted(members.live),
                 )

@@ -35,20 +35,20 @@ from .fencing import repair_revision
 from .health import (
     AddressStatus,
     LastResult,
-    RegionState,
+    VantageState,
     address_status,
-    expired_regions,
+    expired_vantages,
     is_checked,
     is_settled,
     observe,
-    region_states,
     same_outlook,
+    vantage_states,
     waiting_on,
 )
 from .switch import detect_switch
 
 _DEFAULT_CHECK = HealthCheck()
-_SWEEP_S = 1.0  # how often regions are checked for expiry (they live for at least 3 intervals)
+_SWEEP_S = 1.0  # how often vantages are checked for expiry (they live for at least 3 intervals)
 
 
 @dataclass
@@ -69,10 +69,10 @@ class _Tracked:
     pool: str
     address: Address
     since: float
-    regions: dict[str, RegionState] = field(default_factory=dict)
+    vantages: dict[str, VantageState] = field(default_factory=dict)  # by the probers' region
     state: AddressState | None = None
     settled: bool = False
-    # Availability when the last region expired.  With no region left the address keeps it
+    # Availability when the last vantage expired.  With no vantage left the address keeps it
     # instead of counting as never seen: losing every vantage point (probers restarting, a
     # partition between probers and scheduler) says nothing about the backend, so neither
     # sending traffic to a dead address nor failing over from a healthy one is right.
@@ -241,15 +241,15 @@ class Engine:
         last = LastResult(
             ok=result.ok, error=result.error, protocol=result.protocol, rtt_ms=result.rtt_ms, at=result.at
         )
-        prev = tracked.regions.get(result.region)
-        tracked.regions[result.region] = observe(prev, last, tracked.check, seen=now)
+        prev = tracked.vantages.get(result.region)
+        tracked.vantages[result.region] = observe(prev, last, tracked.check, seen=now)
         tracked.held = None
         if self.started and not same_outlook(prev, last) and self._refresh_address(result.key, tracked, now=now):
             self._refresh_pool(tracked.pool, now=now, at=at, out=out, cascade=True)
         return out
 
     def tick(self, *, now: float, at: float) -> Outputs:
-        """Handle interval deadlines (unknown addresses, warming), expired regions, failed publications."""
+        """Handle interval deadlines (unknown addresses, warming), expired vantages, failed publications."""
         out = Outputs()
         expired = self._sweep(now=now)
         if not self.started:
@@ -272,21 +272,21 @@ class Engine:
         return out
 
     def _sweep(self, *, now: float) -> list[str]:
-        """Forget regions that stopped reporting (a dead vantage point must not pin an address)."""
+        """Forget vantages that stopped reporting (a dead vantage point must not pin an address)."""
         if now - self.last_sweep < _SWEEP_S:
             return []
         self.last_sweep = now
         changed = []
         for key, tracked in self.addresses.items():
-            if not tracked.regions:
+            if not tracked.vantages:
                 continue
-            gone = expired_regions(tracked.regions, tracked.check, now=now)
+            gone = expired_vantages(tracked.vantages, tracked.check, now=now)
             if not gone:
                 continue
-            if len(gone) == len(tracked.regions):
+            if len(gone) == len(tracked.vantages):
                 tracked.held = self._status(tracked, now=now)
-            for region in gone:
-                del tracked.regions[region]
+            for vantage in gone:
+                del tracked.vantages[vantage]
             changed.append(key)
         return changed
 
@@ -336,22 +336,22 @@ class Engine:
 
     def _status(self, tracked: _Tracked, *, now: float) -> AddressStatus:
         return address_status(
-            tracked.address, tracked.regions, now=now, tracked_since=tracked.since, held=tracked.held
+            tracked.address, tracked.vantages, now=now, tracked_since=tracked.since, held=tracked.held
         )
 
     def _refresh_address(self, key: str, tracked: _Tracked, *, now: float) -> bool:
         a = tracked.address
         status = self._status(tracked, now=now)
-        settled = is_settled(a, tracked.regions, now=now, tracked_since=tracked.since)
+        settled = is_settled(a, tracked.vantages, now=now, tracked_since=tracked.since)
         state = AddressState(
             name=a.name,
             address=a.address,
             available=status.available,
             mode=a.mode,
             enabled=a.enabled,
-            regions=region_states(tracked.regions),
+            vantages=vantage_states(tracked.vantages),
             reason="" if status.available or not a.enabled else status.reason,
-            waiting=waiting_on(a, tracked.regions),
+            waiting=waiting_on(a, tracked.vantages),
             warming=not settled,
             region=a.region,
         )

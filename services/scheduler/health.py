@@ -1,4 +1,9 @@
-"""Per-vantage threshold state machine and address availability (pure, no I/O)."""
+"""Per-vantage threshold state machine and address availability (pure, no I/O).
+
+A vantage is the region of the probers that checked an address: each has its own
+thresholded state, and the address's availability combines them.  (An address's own
+``region``, where it is in the topology, is another thing.)
+"""
 
 from __future__ import annotations
 
@@ -22,8 +27,8 @@ class LastResult(Struct, kw_only=True, frozen=True):
     at: float = 0.0
 
 
-class RegionState(Struct, kw_only=True, frozen=True):
-    """Thresholded state of one address seen from one region."""
+class VantageState(Struct, kw_only=True, frozen=True):
+    """Thresholded state of one address seen from one vantage (a prober region)."""
 
     state: State = "unknown"
     oks: int = 0  # consecutive successes
@@ -40,13 +45,13 @@ class AddressStatus(Struct, kw_only=True, frozen=True):
     reason: str = ""
 
 
-UNKNOWN = RegionState()
+UNKNOWN = VantageState()
 
 
 def observe(
-    prev: RegionState | None, result: LastResult, hc: HealthCheck, *, seen: float = 0.0
-) -> RegionState:
-    """Feed one result into a region's state machine; return the new state."""
+    prev: VantageState | None, result: LastResult, hc: HealthCheck, *, seen: float = 0.0
+) -> VantageState:
+    """Feed one result into a vantage's state machine; return the new state."""
     prev = prev or UNKNOWN
     oks = prev.oks + 1 if result.ok else 0
     fails = 0 if result.ok else prev.fails + 1
@@ -57,7 +62,7 @@ def observe(
         state = "down"
     elif state == "down" and oks >= hc.successes:
         state = "up"
-    return RegionState(
+    return VantageState(
         state=state,
         oks=oks,
         fails=fails,
@@ -67,15 +72,15 @@ def observe(
     )
 
 
-def region_max_age_s(hc: HealthCheck) -> float:
-    """How long a region's last result keeps counting: three intervals and a timeout."""
+def vantage_max_age_s(hc: HealthCheck) -> float:
+    """How long a vantage's last result keeps counting: three intervals and a timeout."""
     return 3 * hc.interval_s + hc.timeout_s
 
 
-def expired_regions(regions: Mapping[str, RegionState], hc: HealthCheck, *, now: float) -> list[str]:
-    """Regions whose last result is too old to vouch for the address (a dead vantage point)."""
-    oldest = now - region_max_age_s(hc)
-    return [name for name, r in regions.items() if r.seen < oldest]
+def expired_vantages(vantages: Mapping[str, VantageState], hc: HealthCheck, *, now: float) -> list[str]:
+    """Vantages whose last result is too old to vouch for the address (a dead vantage point)."""
+    oldest = now - vantage_max_age_s(hc)
+    return [name for name, v in vantages.items() if v.seen < oldest]
 
 
 def is_checked(address: Address) -> bool:
@@ -84,29 +89,29 @@ def is_checked(address: Address) -> bool:
 
 
 def is_settled(
-    address: Address, regions: Mapping[str, RegionState], *, now: float, tracked_since: float
+    address: Address, vantages: Mapping[str, VantageState], *, now: float, tracked_since: float
 ) -> bool:
     """Whether an address has been observed, or needs no observation, or waited long enough."""
     if not is_checked(address):
         return True
     assert address.health_check is not None
-    if any(r.state != "unknown" for r in regions.values()):
+    if any(v.state != "unknown" for v in vantages.values()):
         return True
     return now - tracked_since >= address.health_check.interval_s
 
 
 def address_status(
     address: Address,
-    regions: Mapping[str, RegionState],
+    vantages: Mapping[str, VantageState],
     *,
     now: float,
     tracked_since: float,
     held: AddressStatus | None = None,
 ) -> AddressStatus:
-    """Availability of one address from its mode, check and regions' states.
+    """Availability of one address from its mode, check and vantages' states.
 
-    ``held`` is the availability decided when the last region expired: with no
-    region left the address keeps it rather than counting as never seen.
+    ``held`` is the availability decided when the last vantage expired: with no
+    vantage left the address keeps it rather than counting as never seen.
     """
     if not address.enabled:
         return AddressStatus(available=False, reason=f"{address.name} disabled")
@@ -117,51 +122,51 @@ def address_status(
     hc = address.health_check
     if hc is None:
         return AddressStatus(available=True)
-    known = {name: r for name, r in sorted(regions.items()) if r.state != "unknown"}
+    known = {name: v for name, v in sorted(vantages.items()) if v.state != "unknown"}
     if not known:
         if held is not None:
             return held
         if now - tracked_since >= hc.interval_s:
             return AddressStatus(available=True)
         return AddressStatus(available=False, reason=f"{address.name} {hc.protocol} no result yet")
-    down = [r for r in known.values() if r.state == "down"]
+    down = [v for v in known.values() if v.state == "down"]
     if 100 * len(down) / len(known) >= hc.failure_rate:
         return AddressStatus(available=False, reason=_down_reason(address.name, hc, down[0]))
     return AddressStatus(available=True)
 
 
-def _down_reason(name: str, hc: HealthCheck, region: RegionState) -> str:
-    failure = region.last_failure or region.last
+def _down_reason(name: str, hc: HealthCheck, vantage: VantageState) -> str:
+    failure = vantage.last_failure or vantage.last
     if failure is None:
         return f"{name} {hc.protocol} down"
     return f"{name} {failure.protocol or hc.protocol} {failure.error or 'failed'}"
 
 
-def waiting_on(address: Address, regions: Mapping[str, RegionState]) -> str:
-    """The anti-flap threshold the worst region waits on: "failures 1/3", "successes 0/2" or ""."""
+def waiting_on(address: Address, vantages: Mapping[str, VantageState]) -> str:
+    """The anti-flap threshold the worst vantage waits on: "failures 1/3", "successes 0/2" or ""."""
     hc = address.health_check
     if hc is None or address.mode != "auto" or not address.enabled:
         return ""
-    waits = [r for _, r in sorted(regions.items()) if r.state == "down" or (r.state == "up" and r.fails)]
+    waits = [v for _, v in sorted(vantages.items()) if v.state == "down" or (v.state == "up" and v.fails)]
     if not waits:
         return ""
-    # worst first: a down region (fewest successes), else the up region with most failures
-    worst = min(waits, key=lambda r: (0, r.oks) if r.state == "down" else (1, -r.fails))
+    # worst first: a down vantage (fewest successes), else the up vantage with most failures
+    worst = min(waits, key=lambda v: (0, v.oks) if v.state == "down" else (1, -v.fails))
     if worst.state == "down":
         return f"successes {worst.oks}/{hc.successes}"
     return f"failures {worst.fails}/{hc.failures}"
 
 
-def region_states(regions: Mapping[str, RegionState]) -> dict[str, str]:
-    """Region -> "up" | "down" | "unknown", for the published pool view."""
-    return {name: r.state for name, r in sorted(regions.items())}
+def vantage_states(vantages: Mapping[str, VantageState]) -> dict[str, str]:
+    """Vantage -> "up" | "down" | "unknown", for the published pool view (``AddressState.vantages``)."""
+    return {name: v.state for name, v in sorted(vantages.items())}
 
 
-def same_outlook(prev: RegionState | None, last: LastResult) -> bool:
-    """Whether ``last`` leaves everything published about its region as it was (the hot path).
+def same_outlook(prev: VantageState | None, last: LastResult) -> bool:
+    """Whether ``last`` leaves everything published about its vantage as it was (the hot path).
 
-    True for a success on an up region with no failure counted, and for the same failure
-    again on a down region with no success counted: state, waiting and reason stay put.
+    True for a success on an up vantage with no failure counted, and for the same failure
+    again on a down vantage with no success counted: state, waiting and reason stay put.
     """
     if prev is None:
         return False

@@ -172,5 +172,5 @@ class Lease:
 def _holder(value: bytes) -> str:
     try:
         return _decoder.decode(value).holder
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except msgspec.DecodeError:  # not JSON, or not a LeaseValue (a ValidationError)
         return ""

@@ -10,7 +10,7 @@ from pathlib import Path
 from services.stack.children import stop_deadline_s
 from services.stack.plan import build_plan
 from services.stack.supervise import supervise
-from shared import logs, service
+from shared import logs, process
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
         nonlocal code
         code = await supervise(plan, stop)
 
-    service.run(run, stop_deadline_s=stop_deadline_s())
+    process.run(run, stop_deadline_s=stop_deadline_s())
     sys.exit(code)
 
 

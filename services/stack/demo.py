@@ -12,7 +12,7 @@ from pathlib import Path
 from services.stack.children import die_with_parent, stop_deadline_s
 from services.stack.plan import build_plan
 from services.stack.supervise import supervise
-from shared import logs, service
+from shared import logs, process
 
 PRIMARY, BACKUP, PORT = "127.0.0.2", "127.0.0.3", 8081
 DOMAIN = "www.example.com"
@@ -94,7 +94,7 @@ def main() -> None:
                 b.terminate()
             await b.wait()
 
-    service.run(run, stop_deadline_s=stop_deadline_s())
+    process.run(run, stop_deadline_s=stop_deadline_s())
     sys.exit(code)
 
 

@@ -1,8 +1,9 @@
-"""The declarative config document and the plan that brings a config to it (pure).
+"""The manifest: the declarative config document (gtm.yaml), and the plan that brings a config to it (pure).
 
 One implementation for both writers of documents: ``gtmctl apply`` (over the REST API) and the
-config service's ``config.apply`` document form (over NATS).  A document maps each kind to its
-resources by name (or lists them with a ``name`` field); the topology is a single resource.
+config service's ``config.apply`` document form (over NATS).  A document maps each kind (its
+:attr:`~shared.resources.ResourceKind.manifest_key`) to its resources by name (or lists them with
+a ``name`` field); a singleton kind (the topology) is a single resource.
 """
 
 from __future__ import annotations
@@ -16,20 +17,14 @@ from typing import Any
 
 import msgspec
 
-from shared import resources
+from shared.resources import RESOURCE_KINDS, ResourceKind
 
-# kind -> (API collection, list key, Struct); applied in this order, pruned in reverse.
-KINDS: dict[str, tuple[str, str, type[msgspec.Struct]]] = {
-    "health_templates": ("health-templates", "templates", resources.HealthCheck),
-    "pools": ("pools", "pools", resources.Pool),
-    "domains": ("domains", "domains", resources.Domain),
-    "alert_targets": ("alert-targets", "alert_targets", resources.AlertTarget),
-}
-SINGLETONS: dict[str, tuple[str, type[msgspec.Struct]]] = {"topology": ("topology", resources.Topology)}
+# document key -> its kind; changes apply in this order, prunes in reverse.
+KINDS: dict[str, ResourceKind] = {kind.manifest_key: kind for kind in RESOURCE_KINDS}
 _META = ("name", "revision")
 
 
-class DocumentError(ValueError):
+class ManifestError(ValueError):
     """The document is not a GTM config document."""
 
 
@@ -51,20 +46,20 @@ def load(text: str) -> dict[str, dict[str, dict[str, Any]]]:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise DocumentError(f"not YAML or JSON: {exc}") from None
+        raise ManifestError(f"not YAML or JSON: {exc}") from None
     return from_mapping(raw)
 
 
 def from_mapping(raw: Any) -> dict[str, dict[str, dict[str, Any]]]:
     """Check an already parsed document and give it as ``{kind: {name: body}}``."""
     if not isinstance(raw, Mapping):
-        raise DocumentError("the document must be a mapping of kinds (pools, domains, ...)")
-    unknown = set(raw) - set(KINDS) - set(SINGLETONS)
+        raise ManifestError("the document must be a mapping of kinds (pools, domains, ...)")
+    unknown = set(raw) - set(KINDS)
     if unknown:
-        raise DocumentError(f"unknown kinds: {', '.join(sorted(map(str, unknown)))}")
+        raise ManifestError(f"unknown kinds: {', '.join(sorted(map(str, unknown)))}")
     doc: dict[str, dict[str, dict[str, Any]]] = {}
     for kind, value in raw.items():
-        if kind in SINGLETONS:
+        if KINDS[kind].singleton:
             doc[kind] = {"": _body(kind, value)}
         else:
             doc[kind] = _named(kind, value)
@@ -75,7 +70,7 @@ def _body(where: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise DocumentError(f"{where} must be a mapping of fields")
+        raise ManifestError(f"{where} must be a mapping of fields")
     return dict(value)
 
 
@@ -88,19 +83,18 @@ def _named(kind: str, value: Any) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for i, item in enumerate(value):
             if not isinstance(item, Mapping) or "name" not in item:
-                raise DocumentError(f"{kind}[{i}] needs a name")
+                raise ManifestError(f"{kind}[{i}] needs a name")
             body = {k: v for k, v in item.items() if k != "name"}
             out[str(item["name"])] = body
         return out
-    raise DocumentError(f"{kind} must be a mapping of name to resource, or a list")
+    raise ManifestError(f"{kind} must be a mapping of name to resource, or a list")
 
 
 def normalize(kind: str, body: Mapping[str, Any]) -> Any:
     """A body with defaults filled in and metadata dropped, for comparison."""
-    struct = KINDS[kind][2] if kind in KINDS else SINGLETONS[kind][1]
     clean = {k: v for k, v in body.items() if k not in _META}
     try:
-        value = msgspec.convert(clean, struct)
+        value = msgspec.convert(clean, KINDS[kind].stored)
     except msgspec.ValidationError:
         return clean  # the API will say what is wrong, with the field
     out = msgspec.to_builtins(value)
@@ -141,7 +135,7 @@ def plan(
 ) -> list[Change]:
     """The changes that make ``current`` equal ``desired`` (deletes only with ``prune``)."""
     changes: list[Change] = []
-    for kind in [*KINDS, *SINGLETONS]:
+    for kind in KINDS:
         for name, body in desired.get(kind, {}).items():
             have = current.get(kind, {}).get(name)
             want = normalize(kind, _desired_check_overrides(body))
@@ -152,7 +146,7 @@ def plan(
             if got != want:
                 changes.append(Change("update", kind, name, body, _diff(got, want)))
     if prune:
-        for kind in reversed(list(KINDS)):
+        for kind in reversed([k for k, spec in KINDS.items() if not spec.singleton]):
             for name in current.get(kind, {}):
                 if kind in desired and name not in desired[kind] or kind not in desired:
                     changes.append(Change("delete", kind, name, None))

@@ -1,4 +1,7 @@
-"""The web console's HTTP shell: the page, its static files, and the live SSE stream fed from NATS."""
+"""The web console: its HTTP shell (the page, its static files, the live SSE stream fed from NATS).
+
+The page and its static files sit beside this module; :mod:`.live` is the pure core of the stream.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.config.backend import Backend
-from services.config.documents import DOMAIN
-from services.config.live import (
+from services.config.codec import DOMAIN
+from services.config.console.live import (
     KEEPALIVE_FRAME,
     RETRY_MS,
     CheckChanges,
@@ -41,7 +44,7 @@ from shared.resources import Domain
 
 log = structlog.get_logger(__name__)
 
-STATIC_DIR = Path(__file__).with_name("console")
+STATIC_DIR = Path(__file__).parent
 STATIC_FILES = {  # the only files served, with their content types
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",

@@ -1,11 +1,12 @@
-"""Pure document handling: resource kinds, decoding, merge-patch, preconditions, rendering."""
+"""The REST API's resources (pure): kinds and their decoders, decoding, merge-patch, preconditions, rendering."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, cast
 
 import msgspec
 
@@ -16,48 +17,50 @@ from services.config.errors import (
     from_decode_error,
     from_resource_error,
 )
-from shared import subjects
 from shared.resources import (
     NAME_RE,
+    RESOURCE_KINDS,
     AlertTarget,
     Domain,
     HealthCheck,
-    Name,
+    HealthTemplate,
     Pool,
     ResourceError,
+    ResourceKind,
     Topology,
-    domain_decoder,
     normalize_fqdn,
-    pool_decoder,
 )
 
 API_BASE = "/api/v1"
 MAX_BODY_BYTES = 1 << 20
 
 Resource = Pool | Domain | HealthCheck | AlertTarget | Topology  # as stored
-
-
-class HealthTemplate(HealthCheck, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """A health-check template as written through the API: a check plus the usual name and revision."""
-
-    name: Name | None = None
-    revision: int | None = None
+Incoming = Pool | Domain | HealthTemplate | AlertTarget | Topology  # as decoded from a request body
 
 
 @dataclass(frozen=True)
-class Kind:
-    """One kind of config resource: how it is named, keyed, decoded and addressed."""
+class Kind(ResourceKind):
+    """A resource kind as the config service handles it: decoders, canonical names, API paths."""
 
-    resource: str  # as in OperationEvent.resource: "pool", "domain", "template", ...
-    collection: str  # the URL segment: "pools", "health-templates", ...
-    list_key: str  # the key of the list body: "pools", "templates", ...
-    prefix: str  # KV key prefix
-    decoder: msgspec.json.Decoder[Any]  # request bodies
-    stored: msgspec.json.Decoder[Any]  # KV values
-    key_of: Callable[[str], str]
-    fqdn_names: bool = False
-    singleton: str = ""  # the one resource's name, for a kind without a collection (topology)
-    empty: Resource | None = None  # what GET answers for a singleton never written (at revision 0)
+    @classmethod
+    def of(cls, spec: ResourceKind) -> Kind:
+        """The config service's view of a kind of :data:`~shared.resources.RESOURCE_KINDS`."""
+        return cls(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)})
+
+    @cached_property
+    def decoder(self) -> msgspec.json.Decoder[Any]:
+        """Decoder of request bodies."""
+        return msgspec.json.Decoder(self.body)
+
+    @cached_property
+    def stored_decoder(self) -> msgspec.json.Decoder[Any]:
+        """Decoder of KV values."""
+        return msgspec.json.Decoder(self.stored)
+
+    @property
+    def empty(self) -> Resource | None:
+        """What GET answers for a singleton never written (at revision 0); None for other kinds."""
+        return cast(Resource, self.stored()) if self.singleton else None
 
     def canonical(self, name: str) -> str:
         """The resource's canonical name; raise ``invalid_argument`` (field "name")."""
@@ -70,61 +73,54 @@ class Kind:
             raise InvalidArgument(f"invalid {self.resource} name {name!r}: 1-64 of A-Za-z0-9._-", "name")
         return name
 
-    def key(self, name: str) -> str:
-        """KV key of the resource called ``name``."""
-        return self.key_of(name)
-
     def path(self, name: str) -> str:
         """The resource's URL path."""
         if self.singleton:
             return f"{API_BASE}/{self.collection}"
         return f"{API_BASE}/{self.collection}/{name}"
 
+    def describe(self, name: str) -> str:
+        """The resource in words: ``pool 'Primary-DC'``, ``alert target 'ops'``, ``topology``."""
+        return self.resource if self.singleton else f"{self.resource.replace('_', ' ')} {name!r}"
 
-def _decoder(kind: type[Any]) -> msgspec.json.Decoder[Any]:
-    return msgspec.json.Decoder(kind)
+
+KINDS: dict[str, Kind] = {spec.resource: Kind.of(spec) for spec in RESOURCE_KINDS}  # by resource, in apply order
+POOL, DOMAIN, TEMPLATE = KINDS["pool"], KINDS["domain"], KINDS["template"]
+ALERT_TARGET, TOPOLOGY = KINDS["alert_target"], KINDS["topology"]
+COLLECTIONS: dict[str, Kind] = {k.collection: k for k in KINDS.values()}  # by URL segment
+MANIFEST_KINDS: dict[str, Kind] = {k.manifest_key: k for k in KINDS.values()}  # by config-document key
 
 
-POOL = Kind("pool", "pools", "pools", subjects.POOL_PREFIX, pool_decoder, pool_decoder, subjects.pool_key)
-DOMAIN = Kind(
-    "domain", "domains", "domains", subjects.DOMAIN_PREFIX, domain_decoder, domain_decoder, subjects.domain_key,
-    fqdn_names=True,
-)
-TEMPLATE = Kind(
-    "template", "health-templates", "templates", subjects.TEMPLATE_PREFIX,
-    _decoder(HealthTemplate), _decoder(HealthCheck), subjects.template_key,
-)
-ALERT_TARGET = Kind(
-    "alert_target", "alert-targets", "alert_targets", subjects.ALERT_PREFIX,
-    _decoder(AlertTarget), _decoder(AlertTarget), subjects.alert_key,
-)
-TOPOLOGY = Kind(
-    "topology", "topology", "", subjects.TOPOLOGY_KEY, _decoder(Topology), _decoder(Topology),
-    lambda _name: subjects.TOPOLOGY_KEY, singleton="topology", empty=Topology(),
-)
-Incoming = Pool | Domain | HealthTemplate | AlertTarget | Topology  # as decoded from a request body
-COLLECTIONS: dict[str, Kind] = {k.collection: k for k in (POOL, DOMAIN, TEMPLATE, ALERT_TARGET, TOPOLOGY)}
+@dataclass(frozen=True)
+class Stored:
+    """A resource as stored, with its KV revision."""
+
+    name: str
+    resource: Resource
+    revision: int
+
+
+_any_json = msgspec.json.Decoder()
+
+
+def _decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    if not body.strip():
+        raise InvalidArgument("a JSON request body is required")
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise from_decode_error(exc) from None
 
 
 def decode(kind: Kind, body: bytes) -> Incoming:
     """Decode a request body into a resource Struct; raise ``invalid_argument``."""
-    if not body.strip():
-        raise InvalidArgument("a JSON request body is required")
-    try:
-        resource: Incoming = kind.decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise from_decode_error(exc) from None
+    resource: Incoming = _decode_body(kind.decoder, body)
     return resource
 
 
 def parse_json(body: bytes) -> Any:
     """Parse any JSON document (a merge-patch); raise ``invalid_argument``."""
-    if not body.strip():
-        raise InvalidArgument("a JSON request body is required")
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise from_decode_error(exc) from None
+    return _decode_body(_any_json, body)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -152,8 +148,8 @@ def pop_revision(patch: Any) -> int | None:
     return revision
 
 
-def document(resource: Resource) -> dict[str, Any]:
-    """The stored document as a dict, without ``name`` and ``revision`` (what PATCH patches)."""
+def patchable(resource: Resource) -> dict[str, Any]:
+    """The stored resource as a JSON object, without ``name`` and ``revision`` (what a PATCH merges into)."""
     doc: dict[str, Any] = msgspec.to_builtins(resource)
     doc.pop("name", None)
     doc.pop("revision", None)

@@ -1,19 +1,27 @@
-"""The process shell every service shares: event loop, signals, stop event."""
+"""The process shell every service shares: settings, logging, event loop, signals, stop event.
+
+A service is ``run(settings, stop)``: a coroutine that serves until ``stop`` is set.  Its
+``__main__`` is one call, ``process.main(name, run)``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
+
+from shared import logs
+from shared.settings import Settings, SettingsError, load
 
 log = structlog.get_logger(__name__)
 
@@ -114,3 +122,25 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]], *, stop_deadline_s: fl
         runner(wrapper())
     finally:
         _ignore_stop_signals()
+
+
+Service = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+def main(name: str, service: Service, *, before: Callable[[Settings], int | None] | None = None) -> NoReturn:
+    """Be service ``name``: read its settings, configure logging, run ``service(settings, stop)``, exit.
+
+    A bad setting stops it before anything starts, with exit code 2 and a message naming the
+    variable.  ``before(settings)`` runs first, outside any event loop; when it returns an exit
+    code the process exits with it instead (the edge forks its workers there).
+    """
+    try:
+        settings = load(name)
+    except SettingsError as exc:
+        print(f"gtm-{name}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(service=name, level=settings.log.level, fmt=settings.log.format)
+    if before is not None and (code := before(settings)) is not None:
+        sys.exit(code)
+    run(functools.partial(service, settings))
+    sys.exit(0)

@@ -1,4 +1,4 @@
-"""The service's main coroutine: listen, wait for NATS, serve until stopped."""
+"""The config service: refuse an open non-loopback listener, listen, wait for NATS, serve until stopped."""
 
 from __future__ import annotations
 
@@ -11,14 +11,20 @@ import structlog
 from aiohttp import web
 
 from services.config.app import BACKEND, AccessLogger, create_app
-from services.config.security import ListenCheck
+from services.config.security import check_listen
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
-async def serve(settings: Settings, listen: ListenCheck, stop: asyncio.Event) -> None:
-    """Serve the API on ``listen`` until ``stop`` is set; log ``service_ready`` once all is up."""
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve the API on ``settings.api.listen`` until ``stop`` is set; log ``service_ready`` once all is up."""
+    listen = check_listen(settings)
+    if listen.refuse:
+        log.error("api_token_required", listen=f"{listen.host}:{listen.port}", reason=listen.error)
+        raise SystemExit(2)
+    if listen.warning:
+        log.warning("api_unauthenticated", listen=f"{listen.host}:{listen.port}", reason=listen.warning)
     app = create_app(settings)
     runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
     await runner.setup()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
-from nats.js import JetStreamContext
 
 from services.edge import rrl, store
 from services.edge.feed import AnswerFeed, TopologyFeed
@@ -25,7 +24,7 @@ from services.edge.stats import QueryCounts, RrlCounts, Serving, register_collec
 from services.edge.table import AnswerTable
 from services.edge.zone import Zone
 from shared import bus, ops
-from shared.settings import Settings, split_host_port
+from shared.settings import RrlSettings, Settings, split_host_port
 
 log = structlog.get_logger(__name__)
 
@@ -69,27 +68,19 @@ def _log_ready(listen: str, source: str) -> None:
     log.info("service_ready", listen=listen, source=source)
 
 
-def _limiter(settings: Settings, counts: RrlCounts) -> rrl.Limiter | None:
-    """The UDP response rate limiter of ``settings`` (None when off), logged once."""
-    limiter = rrl.from_settings(
-        rate=settings.edge_rrl_responses_per_s,
-        window_s=settings.edge_rrl_window_s,
-        slip=settings.edge_rrl_slip,
-        ipv4_prefix=settings.edge_rrl_ipv4_prefix,
-        ipv6_prefix=settings.edge_rrl_ipv6_prefix,
-        exempt=settings.edge_rrl_exempt,
-        counts=counts,
-    )
+def _limiter(rrl_settings: RrlSettings, counts: RrlCounts) -> rrl.Limiter | None:
+    """The UDP response rate limiter of ``rrl_settings`` (None when off), logged once."""
+    limiter = rrl.from_settings(rrl_settings, counts)
     if limiter is None:
         log.info("rrl_disabled")
     else:
         log.info(
             "rrl_enabled",
-            responses_per_s=settings.edge_rrl_responses_per_s,
-            window_s=settings.edge_rrl_window_s,
-            slip=settings.edge_rrl_slip,
-            subnet=f"/{settings.edge_rrl_ipv4_prefix} /{settings.edge_rrl_ipv6_prefix}",
-            exempt=settings.edge_rrl_exempt,
+            responses_per_s=rrl_settings.responses_per_s,
+            window_s=rrl_settings.window_s,
+            slip=rrl_settings.slip,
+            subnet=f"/{rrl_settings.ipv4_prefix} /{rrl_settings.ipv6_prefix}",
+            exempt=",".join(rrl_settings.exempt),
         )
     return limiter
 
@@ -151,17 +142,15 @@ async def _load_disk(path: Path, table: AnswerTable, serving: Serving) -> bool:
 
 
 async def _follow(
-    js: JetStreamContext, table: AnswerTable, stack: contextlib.AsyncExitStack, stop: asyncio.Event, *, resync: bool
+    session: bus.Session, table: AnswerTable, stack: contextlib.AsyncExitStack, stop: asyncio.Event, *, resync: bool
 ) -> AnswerFeed | None:
     """Follow the topology and the ANSWERS stream into ``table``; the feed once its snapshot is in (None: stopped)."""
-    feed = AnswerFeed(js, table, resync=resync)
+    feed = AnswerFeed(session.js, table, resync=resync)
     topology: list[TopologyFeed] = []
 
     async def subscribe() -> bool:
-        await bus.ensure_streams(js)
-        kv = await bus.config_bucket(js)
         if not topology:  # started once: a retry must not subscribe twice
-            follower = TopologyFeed(js, kv, table)
+            follower = TopologyFeed(session.js, session.config, table)
             await follower.start()
             topology.append(follower)
             stack.push_async_callback(follower.stop)
@@ -178,23 +167,24 @@ async def _follow(
     return feed
 
 
-async def serve(
+async def run(
+    settings: Settings,
     stop: asyncio.Event,
     *,
-    settings: Settings,
     on_ready: Callable[[str, str], None] = _log_ready,
     persist: bool = True,
 ) -> None:
-    """Run one edge: bind UDP+TCP on ``settings.dns_listen`` once it has answers, answer until ``stop``.
+    """Run one edge: bind UDP+TCP on ``settings.edge.listen`` once it has answers, answer until ``stop``.
 
     The answers come from the ANSWERS stream; when NATS does not answer within
     :data:`NATS_GRACE_S`, from the disk snapshot until it does.  ``persist``: this
     process keeps the snapshot file current (one worker per listen address does).
     """
-    host, port = split_host_port(settings.dns_listen, default_port=DNS_PORT)
+    edge = settings.edge
+    host, port = split_host_port(edge.listen, default_port=DNS_PORT)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    path = store.path_for(settings.edge_state_dir, host, port)
-    zone = Zone.from_settings(settings.edge_zone, settings.edge_ns)
+    path = store.path_for(edge.state_dir, host, port)
+    zone = Zone(edge.zone, list(edge.ns)) if edge.zone else None
     table = AnswerTable(zone=zone, keep_encoded=path is not None and persist)  # only a writer needs them
     if table.zone is not None:
         log.info("zone_served", zone=table.zone.text)
@@ -203,7 +193,7 @@ async def serve(
         await stack.enter_async_context(ops.serve(settings.metrics_listen, ready=serving.ready, detail=serving.detail))
         counts, limited = QueryCounts(), RrlCounts()
         register_collector(counts, table, limited, serving)
-        listener = DnsListener(Responder(table, counts), host, port, limiter=_limiter(settings, limited))
+        listener = DnsListener(Responder(table, counts), host, port, limiter=_limiter(edge.rrl, limited))
 
         async def answer_from(source: str) -> None:
             await listener.start()
@@ -211,17 +201,16 @@ async def serve(
             serving.source = source
             on_ready(listen, source)
 
-        connecting = asyncio.ensure_future(_retry("nats_connect", lambda: bus.connect(settings.nats), stop))
+        session = bus.Session(settings.nats)
+        stack.push_async_callback(session.close)
+        connecting = asyncio.ensure_future(_retry("nats_connect", session.open, stop))
         stack.callback(connecting.cancel)
         away = path is not None and await _nats_away(connecting, settings.nats.url)
         if away and path is not None and await _load_disk(path, table, serving):
             await answer_from("disk")
-        nc = await connecting
-        if nc is None:
+        if await connecting is None:
             return
-        stack.push_async_callback(bus.close, nc)
-        ops.watch_nats(nc)
-        feed = await _follow(nc.jetstream(), table, stack, stop, resync=bool(serving.source))
+        feed = await _follow(session, table, stack, stop, resync=bool(serving.source))
         if feed is None:
             return
         if path is not None and table.keep_encoded:
