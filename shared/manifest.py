@@ -1,9 +1,16 @@
 """The manifest: the declarative config document (gtm.yaml), and the plan that brings a config to it (pure).
 
-One implementation for both writers of documents: ``gtmctl apply`` (over the REST API) and the
-config service's ``config.apply`` document form (over NATS).  A document maps each kind (its
+One implementation for every writer of documents: the config service plans each document with
+it, whether it came as ``POST /api/v1/apply`` (what ``gtmctl apply`` sends) or as the
+``config.apply`` document form over NATS.  A document maps each kind (its
 :attr:`~shared.resources.ResourceKind.manifest_key`) to its resources by name (or lists them with
 a ``name`` field); a singleton kind (the topology) is a single resource.
+
+Each resource of a document is the whole resource, as a REST ``PUT`` takes it: a field the
+document leaves out gets its default.  When the live resource has such a field at another
+value (someone changed it through the API or the console), applying the document resets it,
+and the plan says so: the change lists it in :attr:`Change.resets` and its diff starts with a
+line ``! <field>: <live> -> <default>`` for each.  Nothing is reverted without a marked line.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import msgspec
@@ -29,6 +37,20 @@ class ManifestError(ValueError):
 
 
 @dataclass(frozen=True)
+class Reset:
+    """A field the document leaves out, live at another value than its default: applying resets it."""
+
+    field: str  # the resource's field path, as the REST API names it: ``addresses[0].mode``
+    current: Any  # the live value (set outside the document)
+    default: Any  # what the document's resource has there: the field's default
+
+    def line(self) -> str:
+        """The diff's marker line for this reset."""
+        return (f"! {self.field}: {_short(self.current)} -> {_short(self.default)}"
+                "  (not in the document, changed outside it: reset to the default)")
+
+
+@dataclass(frozen=True)
 class Change:
     """One step of a plan: ``create``, ``update`` or ``delete`` a resource."""
 
@@ -36,18 +58,38 @@ class Change:
     kind: str
     name: str
     body: dict[str, Any] | None
-    diff: str = ""
+    diff: str = ""  # updates: the ``!`` lines of the resets, then a unified diff of current -> desired
+    resets: tuple[Reset, ...] = ()
+
+
+@cache
+def _yaml_loader() -> type[Any]:
+    """YAML's safe loader, keeping timestamps as the strings written (the API parses RFC 3339 itself)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return Loader
+
+
+def parse(text: str) -> Any:
+    """Parse the text of a YAML or JSON document (not yet checked: :func:`from_mapping` does that)."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader()) or {}  # a SafeLoader: builds plain data only
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"not YAML or JSON: {exc}") from None
 
 
 def load(text: str) -> dict[str, dict[str, dict[str, Any]]]:
     """Parse a YAML or JSON document into ``{kind: {name: body}}`` (singletons under name "")."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"not YAML or JSON: {exc}") from None
-    return from_mapping(raw)
+    return from_mapping(parse(text))
 
 
 def from_mapping(raw: Any) -> dict[str, dict[str, dict[str, Any]]]:
@@ -97,7 +139,7 @@ def normalize(kind: str, body: Mapping[str, Any]) -> Any:
         value = msgspec.convert(clean, KINDS[kind].stored)
     except msgspec.ValidationError:
         return clean  # the API will say what is wrong, with the field
-    out = msgspec.to_builtins(value)
+    out = {k: v for k, v in msgspec.to_builtins(value).items() if k not in _META}
     return _drop_resolved_checks(out)
 
 
@@ -138,19 +180,56 @@ def plan(
     for kind in KINDS:
         for name, body in desired.get(kind, {}).items():
             have = current.get(kind, {}).get(name)
-            want = normalize(kind, _desired_check_overrides(body))
+            written = _desired_check_overrides(body)
+            want = normalize(kind, written)
             if have is None:
-                changes.append(Change("create", kind, name, body, _diff({}, want)))
+                changes.append(Change("create", kind, name, body))
                 continue
             got = normalize(kind, have)
             if got != want:
-                changes.append(Change("update", kind, name, body, _diff(got, want)))
+                resets = tuple(omitted(written, got, want))
+                diff = "\n".join([*(r.line() for r in resets), _diff(got, want)])
+                changes.append(Change("update", kind, name, body, diff, resets))
     if prune:
         for kind in reversed([k for k, spec in KINDS.items() if not spec.singleton]):
             for name in current.get(kind, {}):
                 if kind in desired and name not in desired[kind] or kind not in desired:
                     changes.append(Change("delete", kind, name, None))
     return changes
+
+
+def omitted(written: Any, got: Any, want: Any, path: str = "") -> list[Reset]:
+    """Where live ``got`` and desired ``want`` differ only because the ``written`` body leaves a field out.
+
+    Lists of objects are walked item by item, each document item against the live item of the
+    same ``name`` (addresses) or ``pool`` (a domain's pools), else at the same place.
+    """
+    if got == want or not (isinstance(written, dict) and isinstance(got, dict) and isinstance(want, dict)):
+        return []
+    out: list[Reset] = []
+    for key in [k for k in want if k in got and got[k] != want[k]]:
+        where = f"{path}.{key}" if path else key
+        if key not in written:
+            out.append(Reset(where, got[key], want[key]))
+        elif isinstance(written[key], list) and isinstance(got[key], list) and isinstance(want[key], list):
+            for i, (item, wanted) in enumerate(zip(written[key], want[key], strict=False)):
+                out += omitted(item, _same_item(got[key], wanted, i), wanted, f"{where}[{i}]")
+        else:
+            out += omitted(written[key], got[key], want[key], where)
+    return out
+
+
+def _same_item(items: list[Any], item: Any, i: int) -> Any:
+    """The live item that the document's ``item`` (at place ``i``) describes, or None."""
+    for key in ("name", "pool"):
+        if isinstance(item, dict) and key in item:
+            return next((x for x in items if isinstance(x, dict) and x.get(key) == item[key]), None)
+    return items[i] if i < len(items) else None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ": "), default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _diff(before: Any, after: Any) -> str:

@@ -6,6 +6,8 @@ gain fields (with defaults) without breaking older readers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from msgspec import Struct
 
@@ -129,8 +131,30 @@ class SwitchEvent(_Message, tag="switch_event.v1", kw_only=True, frozen=True):
     fallback: bool = False
 
 
+class FieldChange(Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One top-level field of a resource that a write changed: ``before`` -> ``after`` (null: absent).
+
+    A keyed list (a pool's ``addresses``, a domain's ``pools``, the topology's ``entries``) is
+    summarised: ``before`` and ``after`` are its lengths, ``added``, ``removed`` and ``changed``
+    the keys (names) of its items, at most 20 each then ``"(+N more)"``; ``reordered`` when
+    only the order changed.  A long value is cut (a string) or counted (``"[N items]"``).
+    """
+
+    field: str
+    before: Any = None
+    after: Any = None
+    added: list[str] = []
+    removed: list[str] = []
+    changed: list[str] = []
+    reordered: bool = False
+
+
 class OperationEvent(_Message, tag="operation_event.v1", kw_only=True, frozen=True):
-    """An accepted config change, for the operation log."""
+    """An accepted config change, for the operation log (the audit trail).
+
+    ``who``, ``via``, ``client`` and ``changes`` came later: events written before decode with
+    their defaults ("" and []).
+    """
 
     at: float
     method: str
@@ -140,6 +164,11 @@ class OperationEvent(_Message, tag="operation_event.v1", kw_only=True, frozen=Tr
     revision: int
     domain: str = ""
     message: str = ""
+    # who wrote: the API token's name, the client's address (no token), or the NATS user ("nats")
+    who: str = ""
+    via: str = ""  # "rest" | "console" | "apply" (POST /api/v1/apply) | "config.apply" (NATS)
+    client: str = ""  # the HTTP client's address (REST, console, apply)
+    changes: list[FieldChange] = []
 
 
 class ProberHeartbeat(_Message, tag="prober_heartbeat.v1", kw_only=True, frozen=True):

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import structlog
 
-from shared import logs
+from shared import logs, ops
 from shared.settings import Settings, SettingsError, load
 
 log = structlog.get_logger(__name__)
@@ -131,7 +131,8 @@ def main(name: str, service: Service, *, before: Callable[[Settings], int | None
     """Be service ``name``: read its settings, configure logging, run ``service(settings, stop)``, exit.
 
     A bad setting stops it before anything starts, with exit code 2 and a message naming the
-    variable.  ``before(settings)`` runs first, outside any event loop; when it returns an exit
+    variable.  Every log line names the service and its instance (``GTM_INSTANCE``), as does
+    ``gtm_build_info``.  ``before(settings)`` runs first, outside any event loop; when it returns an exit
     code the process exits with it instead (the edge forks its workers there).
     """
     try:
@@ -139,7 +140,9 @@ def main(name: str, service: Service, *, before: Callable[[Settings], int | None
     except SettingsError as exc:
         print(f"gtm-{name}: {exc}", file=sys.stderr)
         sys.exit(2)
-    logs.configure(service=name, level=settings.log.level, fmt=settings.log.format)
+    instance = settings.instance or logs.default_instance()
+    logs.configure(service=name, instance=instance, level=settings.log.level, fmt=settings.log.format)
+    ops.set_identity(name, instance)
     if before is not None and (code := before(settings)) is not None:
         sys.exit(code)
     run(functools.partial(service, settings))

@@ -22,10 +22,14 @@ from msgspec import Meta, Struct
 from shared import subjects
 
 NAME_RE = r"^[A-Za-z0-9._-]{1,64}$"
+# Names NAME_RE allows that no URL can carry: browsers and curl remove these path segments (RFC 3986 5.2.4).
+DOT_SEGMENTS = frozenset({".", ".."})
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: CR and LF split an HTTP request
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _CODE_RANGE_RE = re.compile(r"^[1-5]xx$")
 
 Name = Annotated[str, Meta(pattern=NAME_RE)]
+_NAME = re.compile(NAME_RE.strip("^$"))
 Remarks = Annotated[str, Meta(max_length=256)]
 Percent = Literal[20, 50, 80, 100]
 OneToTen = Annotated[int, Meta(ge=1, le=10)]
@@ -231,8 +235,28 @@ def _check_address_value(pool_type: str, value: str, field: str) -> str:
     return str(ip)
 
 
+def check_url_name(name: str, field: str, what: str) -> None:
+    """A name that goes into a URL path: NAME_RE all through (msgspec's pattern lets a final newline
+    pass ``$``) and not ``.`` or ``..`` (browsers and curl rewrite them)."""
+    if not _NAME.fullmatch(name):
+        raise ResourceError(f"{what} names are 1-64 of A-Za-z0-9._-", field)
+    if name in DOT_SEGMENTS:
+        raise ResourceError(
+            f"{what} names cannot be {name!r}: browsers and curl remove it from URLs, so it could not be reached",
+            field,
+        )
+
+
+def check_no_control(value: str, field: str) -> None:
+    """Refuse control characters (CR, LF, NUL, ...) in a value that goes into a request line or header."""
+    if m := _CONTROL_RE.search(value):
+        raise ResourceError(f"control character {m.group()!r} is not allowed (CR and LF split requests)", field)
+
+
 def check_health(hc: HealthCheck, field: str) -> None:
     """Check a health check beyond its types; raise ResourceError naming the field."""
+    check_no_control(hc.path, f"{field}.path")
+    check_no_control(hc.host, f"{field}.host")
     if hc.timeout_s >= hc.interval_s:
         raise ResourceError("timeout_s must be less than interval_s", f"{field}.timeout_s")
     if hc.protocol == "tcp" and hc.port is None:
@@ -253,14 +277,14 @@ def check_health(hc: HealthCheck, field: str) -> None:
 
 def validate_pool(pool: Pool, name: str) -> Pool:
     """Check a decoded pool beyond its types; return it named and canonical."""
-    if not re.match(NAME_RE, name):
-        raise ResourceError("pool names are 1-64 of A-Za-z0-9._-", "name")
     if pool.name is not None and pool.name != name:
         raise ResourceError(f"name {pool.name!r} does not match the path", "name")
+    check_url_name(name, "name", "pool")
     seen: set[str] = set()
     addresses = []
     for i, addr in enumerate(pool.addresses):
         field = f"addresses[{i}]"
+        check_url_name(addr.name, f"{field}.name", "address")
         if addr.name in seen:
             raise ResourceError(f"duplicate address name {addr.name!r}", f"{field}.name")
         seen.add(addr.name)

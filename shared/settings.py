@@ -8,8 +8,10 @@ unless :data:`ENV_NAMES` says otherwise.  :func:`load` refuses a bad value with 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
@@ -54,7 +56,45 @@ class ApiSettings(_Settings, frozen=True):
     """The config service's REST API."""
 
     listen: str = "127.0.0.1:8080"
-    token: str = ""  # bearer token; required to listen beyond loopback
+    token: str = ""  # bearer token; required to listen beyond loopback (its writes are recorded as "default")
+    # named bearer tokens, "name:secret" each (GTM_API_TOKENS=alice:s3cret,ci:other); any one of them,
+    # or ``token``, is accepted, and the operation log records the name of the one used
+    tokens: tuple[str, ...] = ()
+
+    def credentials(self) -> tuple[tuple[str, str], ...]:
+        """(name, secret) of every accepted token; raise :class:`SettingsError` naming the variable."""
+        return api_credentials(self.token, self.tokens)
+
+
+DEFAULT_TOKEN_NAME = "default"  # GTM_API_TOKEN's name in the operation log
+_TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@functools.lru_cache(maxsize=16)
+def api_credentials(token: str, tokens: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """GTM_API_TOKEN (named ``default``) and GTM_API_TOKENS as (name, secret) pairs, checked.
+
+    Each entry of ``tokens`` is ``name:secret`` (the secret may hold ``:``, not ``,``); names are
+    1-64 of A-Za-z0-9._- and unique, secrets non-empty and unique.  A message never shows a secret.
+    """
+    out: list[tuple[str, str]] = [(DEFAULT_TOKEN_NAME, token)] if token else []
+    for i, entry in enumerate(tokens, start=1):
+        name, colon, secret = entry.partition(":")
+        name = name.strip()
+        if not colon:
+            raise SettingsError(f"GTM_API_TOKENS: entry {i} is not name:secret (entries are separated by commas)")
+        if not _TOKEN_NAME_RE.match(name):
+            raise SettingsError(f"GTM_API_TOKENS: entry {i}: the name {name!r} is not 1-64 of A-Za-z0-9._-")
+        if not secret:
+            raise SettingsError(f"GTM_API_TOKENS: token {name!r} has an empty secret")
+        for other, other_secret in out:
+            if other == name:
+                taken = "GTM_API_TOKEN's name" if token and other == DEFAULT_TOKEN_NAME else "listed twice"
+                raise SettingsError(f"GTM_API_TOKENS: the name {name!r} is {taken}")
+            if other_secret == secret:
+                raise SettingsError(f"GTM_API_TOKENS: tokens {other!r} and {name!r} have the same secret")
+        out.append((name, secret))
+    return tuple(out)
 
 
 class RrlSettings(_Settings, frozen=True):
@@ -101,6 +141,8 @@ class Settings(_Settings, frozen=True):
 
     nats: NatsSettings = NatsSettings()
     log: LogSettings = LogSettings()
+    # this process in logs ("instance") and in gtm_build_info{instance_id} ("" = <hostname>-<pid>)
+    instance: Annotated[str, Meta(max_length=128)] = ""
     # host:port of /metrics, /healthz, /readyz ("" = off; the config service serves them on its API port)
     metrics_listen: str = ""
     api: ApiSettings = ApiSettings()
@@ -208,6 +250,7 @@ def _check_name(var: str, name: str) -> str:
 
 def _check(s: Settings) -> Settings:
     """Checks a type cannot say; fill derived values."""
+    s.api.credentials()  # GTM_API_TOKENS: name:secret pairs, names unique, secrets non-empty
     listens = {"GTM_API_LISTEN": s.api.listen, "GTM_DNS_LISTEN": s.edge.listen, "GTM_METRICS_LISTEN": s.metrics_listen}
     for var, listen in listens.items():
         if listen or var != "GTM_METRICS_LISTEN":  # "" turns the metrics listener off

@@ -63,6 +63,7 @@ def test_stack_starts_everything_answers_dns_and_stops_cleanly(tmp_path: Path, h
         "GTM_DATA_DIR": str(tmp_path / "data"),
         "GTM_API_LISTEN": f"127.0.0.1:{api}",
         "GTM_EDGES": ",".join(f"127.0.0.1:{p}" for p in edges),
+        "GTM_METRICS_BASE_PORT": "0",  # no fixed metrics ports (tests/test_metrics_targets.py covers them)
     }
     log = tmp_path / "stack.log"
     with open(log, "wb") as out:

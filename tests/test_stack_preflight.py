@@ -27,6 +27,7 @@ def _env(tmp: Path) -> dict[str, str]:
         "GTM_DATA_DIR": str(tmp / "data"),
         "GTM_API_LISTEN": f"127.0.0.1:{free_port()}",
         "GTM_EDGES": f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}",
+        "GTM_METRICS_BASE_PORT": "0",  # no fixed metrics ports (tests/test_metrics_targets.py covers them)
     }
 
 

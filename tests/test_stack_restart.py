@@ -45,6 +45,7 @@ class RunningStack:
             "GTM_DATA_DIR": str(tmp / "data"),
             "GTM_API_LISTEN": f"127.0.0.1:{self.api_port}",
             "GTM_EDGES": ",".join(f"127.0.0.1:{p}" for p in self.edges),
+            "GTM_METRICS_BASE_PORT": "0",  # no fixed metrics ports (tests/test_metrics_targets.py covers them)
         }
         self.log = tmp / "stack.log"
         self.proc: subprocess.Popen[bytes] | None = None

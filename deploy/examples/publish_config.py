@@ -9,7 +9,7 @@ document that ``gtmctl apply -f`` takes, send it as JSON, print what the config 
     python deploy/examples/publish_config.py gtm.yaml --prune   # also delete what it does not list
 
 Request:  {"document": {<gtm.yaml as JSON>}, "prune": false, "dry_run": false}
-Reply:    {"status": 200, "body": {"changes": [{"action", "kind", "name"}], "dry_run": false}}
+Reply:    {"status": 200, "body": {"changes": [{"action", "kind", "name", "diff", "resets"}], "dry_run": false}}
      or   {"status": 400, "body": {"error": {"code", "message", "field"}}}   (nothing written)
 
 The field of an error is the REST API's field prefixed with the resource it belongs to, e.g.

@@ -4,31 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
-from services.config.apply import execute
+from services.config.apply import apply_document_request, execute
 from services.config.backend import Backend, run_backend
-from services.config.codec import API_BASE, DOMAIN, KINDS, MAX_BODY_BYTES, Kind, etag
+from services.config.codec import API_BASE, DOMAIN, KINDS, MAX_BODY_BYTES, Kind, etag, too_deep
 from services.config.console import setup_console
 from services.config.errors import (
     NATS_ERRORS,
     ApiError,
+    InvalidArgument,
     PayloadTooLarge,
-    Unauthorized,
     code_for_status,
     error_body,
     nats_unavailable,
 )
 from services.config.metrics import metrics_middleware
 from services.config.notifier import AlertPolicy, Notifier
-from services.config.security import request_allowed
+from services.config.openapi import OPENAPI_PATH, openapi_json
+from services.config.security import acting, admit
 from services.config.views import parse_events_query
 from shared import ops
 from shared.settings import Settings
@@ -41,12 +46,62 @@ NOTIFIER = web.AppKey("notifier", Notifier)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID = web.RequestKey("request_id", str)
+_REQUEST_ID_RE = re.compile(r"[!-~]{1,128}")  # an incoming id of visible ASCII is kept; any other is replaced
+# The headers the API reads must be visible ASCII (spaces and tabs too); else 400 before anything reads them.
+READ_HEADERS = ("Authorization", "If-Match", "Host", "Origin", "X-GTM-Via", "Content-Encoding")
+_FIELD_VALUE_RE = re.compile(r"[\t -~]*")
+CONTENT_CODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})  # what aiohttp's parser decodes
+
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON response encoded by msgspec."""
     return web.Response(
         body=msgspec.json.encode(data), status=status, headers=headers, content_type="application/json"
     )
+
+
+def request_id(request: BaseRequest) -> str:
+    """The request's id: its ``X-Request-Id`` when that is 1-128 visible ASCII characters, else a new one."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        request[REQUEST_ID] = rid
+    return rid
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind the request's id to every log line written while serving it."""
+    with structlog.contextvars.bound_contextvars(request_id=request_id(request)):
+        return await handler(request)
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response of the app says its request's id."""
+    response.headers[REQUEST_ID_HEADER] = request_id(request)
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Raise ``invalid_argument`` (field: the header) for a header the API reads that it cannot read."""
+    for name in READ_HEADERS:
+        value = headers.get(name)
+        if value is not None and not _FIELD_VALUE_RE.fullmatch(value):
+            raise InvalidArgument(f"the {name} header must be printable ASCII", name)
+    coding = headers.get("Content-Encoding", "").strip().lower()
+    if coding not in CONTENT_CODINGS:
+        raise InvalidArgument(
+            f"Content-Encoding {coding!r} is not supported: send the body as is, gzip or deflate", "Content-Encoding"
+        )
+
+
+@web.middleware
+async def header_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse malformed headers before authentication and the handlers read them."""
+    check_headers(request.headers)
+    return await handler(request)
 
 
 @web.middleware
@@ -66,6 +121,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.warning("nats_request_failed", path=request.path, error=repr(exc))
         err = nats_unavailable(exc)
         return json_response(err.body(), status=err.status)
+    except RecursionError:  # a body nested too deeply for a decoder or check that recurses
+        log.warning("request_too_deep", method=request.method, path=request.path)
+        deep = too_deep()
+        return json_response(deep.body(), status=deep.status)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         return json_response(error_body("internal", "internal error"), status=500)
@@ -83,31 +142,67 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With a token configured, require the Bearer token outside /healthz, /readyz and the console's files."""
-    auth, query_token = request.headers.get("Authorization"), request.query.get("token")
-    if not request_allowed(request.path, auth, query_token, request.app[SETTINGS].api.token):
-        raise Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-    return await handler(request)
+    """Admit a request, then serve it as its actor (whom the operation log names).
+
+    With tokens configured, require one outside /healthz, /readyz and the console's files; without,
+    refuse (403 ``forbidden``) a Host or Origin that is not a loopback name (DNS rebinding).
+    """
+    admission = admit(
+        request.app[SETTINGS], request.path, request.headers, request.query.get("token"), request.remote
+    )
+    if admission.error is not None:
+        raise admission.error  # 401 unauthorized, 403 forbidden
+    with acting(admission.actor):
+        return await handler(request)
 
 
 class AccessLogger(AbstractAccessLogger):
     """One structlog line per request."""
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
-        """Log method, path, status and duration."""
+        """Log method, path, status, duration, the client's address and the request's id."""
         log.info(
             "http_request",
             method=request.method,
             path=request.path,
             status=response.status,
             duration_ms=round(time * 1000, 3),
+            client=request.remote,
+            request_id=request_id(request),
         )
+
+
+class _ParserErrorFilter(logging.Filter):
+    """aiohttp logs each request its parser refuses (a 400 before any handler) with a traceback: keep one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            reason = exc.message.strip().splitlines()[0].rstrip(":") if exc.message.strip() else str(exc.code)
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.msg, record.args = "refused a malformed request from %s: %s", (remote, reason)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_parser_errors() -> None:
+    """Install :class:`_ParserErrorFilter` on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ParserErrorFilter) for f in server_log.filters):
+        server_log.addFilter(_ParserErrorFilter())
 
 
 async def _read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"request body is over {MAX_BODY_BYTES} bytes")
-    return await request.read()  # over client_max_size: HTTPRequestEntityTooLarge -> 413
+    try:
+        return await request.read()  # over client_max_size: HTTPRequestEntityTooLarge -> 413
+    except web.RequestPayloadError:  # not the gzip or deflate data it says it is, or broken chunks
+        coding = request.headers.get("Content-Encoding", "")
+        if coding:
+            raise InvalidArgument(f"the request body is not {coding} data", "Content-Encoding") from None
+        raise InvalidArgument("the request body is malformed") from None
 
 
 def resource_routes(kind: Kind) -> list[web.RouteDef]:
@@ -147,7 +242,12 @@ async def list_events(request: web.Request) -> web.Response:
     query = parse_events_query(request.query)
     backend = request.app[BACKEND]
     backend.require_available()
-    return json_response({"events": backend.events.query(query)})
+    return json_response({"events": await backend.query_events(query)})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """``GET /openapi.json``: the API's OpenAPI 3.1 document (public, like /healthz)."""
+    return web.Response(body=openapi_json(), content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -196,8 +296,10 @@ def create_app(
     """The REST API v1 application; its NATS side and alert notifier start with the app."""
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+        middlewares=[request_id_middleware, metrics_middleware, error_middleware, header_middleware, auth_middleware],
     )
+    app.on_response_prepare.append(_echo_request_id)
+    quiet_parser_errors()
     app[SETTINGS] = settings
     app[BACKEND] = backend or Backend(settings)
     app[NOTIFIER] = Notifier(alert_policy)
@@ -212,6 +314,14 @@ def create_app(
             web.get(f"{API_BASE}/{DOMAIN.collection}/{{name}}/status", domain_status, allow_head=False),
             *(route for kind in KINDS.values() for route in resource_routes(kind)),
             web.get(f"{API_BASE}/events", list_events, allow_head=False),
+            web.get(OPENAPI_PATH, openapi_document, allow_head=False),
+            web.post(f"{API_BASE}/apply", apply_document_route),
         ]
     )
     return app
+
+
+async def apply_document_route(request: web.Request) -> web.Response:
+    """``POST /apply``: a whole config document, all-or-nothing (``config.apply``'s document form)."""
+    reply = await apply_document_request(request.app[BACKEND].store, await _read_body(request))
+    return json_response(reply.body, status=reply.status)

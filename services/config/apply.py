@@ -8,16 +8,22 @@ One REST call: ``{"method": "PUT", "path": "/api/v1/pools/Primary-DC", "body": {
 body for a status >= 400, null for 204).  The REST handlers run through :func:`execute` too.
 
 A whole document, as ``gtmctl apply`` takes it (:mod:`shared.manifest`, gtm.yaml as JSON):
-``{"document": {"pools": {...}, "domains": {...}}, "prune": false, "dry_run": false}``.  The plan
-against the store is :func:`shared.manifest.plan`, exactly as gtmctl computes it.  Every change is
-checked first with the store's own checks (:func:`~services.config.store.check_put`,
-:func:`~services.config.store.check_delete`), as if the earlier changes of the plan were already
-written; only when all pass are they written, in dependency order (health templates, pools,
-domains, alert targets, topology; prunes in reverse) through the same store writes as the
-REST API (operation events, revisions, 409 for a resource in use).  Replies:
+``{"document": {"pools": {...}, "domains": {...}}, "prune": false, "dry_run": false}``.  The REST
+API takes the same request as ``POST /api/v1/apply`` and answers the same body with the reply's
+status (:func:`apply_document_request` serves both).  The plan against the store is
+:func:`shared.manifest.plan`.  Every change is checked first with the store's own checks
+(:func:`~services.config.store.check_put`, :func:`~services.config.store.check_delete`), as if the
+earlier changes of the plan were already written; only when all pass are they written, in
+dependency order (health templates, pools, domains, alert targets, topology; prunes in reverse)
+through the same store writes as the REST API (operation events, revisions, 409 for a resource in
+use).  Replies:
 
-- ``{"status": 200, "body": {"changes": [{"action", "kind", "name"}], "dry_run": bool}}``
-  (``changes`` empty when the store already matches; with ``dry_run`` nothing is written);
+- ``{"status": 200, "body": {"changes": [{"action", "kind", "name", "diff", "resets"}], "dry_run": bool}}``
+  (``changes`` empty when the store already matches; with ``dry_run`` nothing is written).  An
+  ``update`` carries its ``diff`` (current -> desired, text) and ``resets``: the fields the
+  document leaves out whose live value is not the default (changed outside the document), which
+  the update resets, as ``[{"field": "sequence_mode", "from": "non_preemptive", "to": "preemptive"}]``;
+  a create or delete has ``"diff": ""`` and ``"resets": []``;
 - ``{"status": 400|404|409|412, "body": {"error": {"code", "message", "field"}}}`` when a change is
   refused: nothing was written.  ``field`` is the REST API's field prefixed with the document kind
   and resource name: ``pools.Primary-DC.addresses[0].address``, ``domains.www.example.com.ttl``,
@@ -37,6 +43,7 @@ import msgspec
 import structlog
 from msgspec import Struct
 
+from services.config import codec
 from services.config.codec import API_BASE, COLLECTIONS, MANIFEST_KINDS, Kind, Stored, render
 from services.config.errors import (
     NATS_ERRORS,
@@ -153,17 +160,36 @@ async def handle(store: ConfigStore, data: bytes) -> bytes:
     except msgspec.DecodeError:
         peek = {}
     form = "document" if "document" in peek else "call"
-    try:
-        req = document_decoder.decode(data) if form == "document" else request_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        reply = _refused(from_decode_error(exc))
+    if form == "document":
+        reply = await apply_document_request(store, data)
     else:
-        reply = await (apply_document(store, req) if isinstance(req, DocumentRequest) else apply(store, req))
+        try:
+            req = request_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            reply = _refused(from_decode_error(exc))
+        else:
+            reply = await apply(store, req)
     log.info("config_apply", form=form, status=reply.status)
     return msgspec.json.encode(reply)
 
 
 # -- the document form -------------------------------------------------------------------
+
+
+async def apply_document_request(store: ConfigStore, data: bytes) -> ApplyReply:
+    """Decode a ``{"document", "prune", "dry_run"}`` request (NATS or ``POST /api/v1/apply``) and apply it."""
+    if not data.strip():
+        return _refused(InvalidArgument("a JSON request body is required"))
+    try:
+        req = document_decoder.decode(data)
+        codec.check_depth(req.document)
+    except msgspec.DecodeError as exc:
+        return _refused(from_decode_error(exc))
+    except ApiError as exc:
+        return _refused(exc)
+    except RecursionError:
+        return _refused(codec.too_deep())
+    return await apply_document(store, req)
 
 
 async def apply_document(store: ConfigStore, req: DocumentRequest) -> ApplyReply:
@@ -177,7 +203,7 @@ async def apply_document(store: ConfigStore, req: DocumentRequest) -> ApplyReply
     except NATS_ERRORS as exc:
         return _refused(nats_unavailable(exc))
     if req.dry_run:
-        return ApplyReply(status=200, body={"changes": _listed(changes), "dry_run": True})
+        return ApplyReply(status=200, body={"changes": _planned(changes), "dry_run": True})
     applied: list[manifest.Change] = []
     try:
         for change in changes:
@@ -187,7 +213,7 @@ async def apply_document(store: ConfigStore, req: DocumentRequest) -> ApplyReply
         return _refused(exc, applied=applied)
     except NATS_ERRORS as exc:
         return _refused(nats_unavailable(exc), applied=applied)
-    return ApplyReply(status=200, body={"changes": _listed(changes), "dry_run": False})
+    return ApplyReply(status=200, body={"changes": _planned(changes), "dry_run": False})
 
 
 def _refused(exc: ApiError, *, applied: list[manifest.Change] | None = None) -> ApplyReply:
@@ -304,3 +330,17 @@ async def _write(store: ConfigStore, change: manifest.Change) -> None:
 
 def _listed(changes: list[manifest.Change]) -> list[dict[str, str]]:
     return [{"action": c.action, "kind": c.kind, "name": c.name} for c in changes]
+
+
+def _planned(changes: list[manifest.Change]) -> list[dict[str, Any]]:
+    """The changes of a reply: what, the diff of an update, and the fields it resets."""
+    return [
+        {
+            "action": c.action,
+            "kind": c.kind,
+            "name": c.name,
+            "diff": c.diff,
+            "resets": [{"field": r.field, "from": r.current, "to": r.default} for r in c.resets],
+        }
+        for c in changes
+    ]

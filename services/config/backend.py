@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -16,13 +18,15 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from services.config import apply
+from services.config.audit import NATS_ACTOR, Actor, acting
 from services.config.codec import DOMAIN, POOL
 from services.config.errors import Unavailable, error_body
 from services.config.mirror import ConfigView
 from services.config.store import ConfigStore
-from services.config.views import EventLog, ProbeTable, render_status
+from services.config.views import EventLog, EventsQuery, ProbeTable, render_event, render_status
 from shared import bus, subjects
 from shared.messages import (
+    Event,
     OperationEvent,
     answer_set_decoder,
     event_decoder,
@@ -40,6 +44,7 @@ JS_TIMEOUT_S = 3.0
 BACKLOG_TIMEOUT_S = 10.0
 READY_PROBE_TIMEOUT_S = 2.0
 DRAIN_TIMEOUT_S = 2.0
+REQUEST_INFO_HEADER = "Nats-Request-Info"  # set by nats-server on requests that cross accounts (JSON)
 
 
 class Backend:
@@ -167,9 +172,43 @@ class Backend:
     def _on_own_event(self, seq: int, event: OperationEvent) -> None:
         self.events.add(seq, event)
 
+    async def query_events(self, q: EventsQuery) -> list[dict[str, Any]]:
+        """``GET /events``: from the cache, or, for one resource whose log reaches back further than the
+        cache does, from the EVENTS stream itself (kept 90 days), newest first."""
+        self.require_available()
+        assert self.js is not None
+        if not (q.resource and q.name) or q.kind == "switch":
+            return self.events.query(q)
+        subject = subjects.operation_event(q.resource, q.name)
+        info = await self.js.stream_info(subjects.STREAM_EVENTS, subjects_filter=subject)
+        if self.events.low_seq and info.state.first_seq >= self.events.low_seq:
+            return self.events.query(q)  # the cache holds all the stream has
+        if not (info.state.subjects or {}).get(subject):
+            return []
+        kept: collections.deque[Event] = collections.deque(maxlen=q.limit)
+        sub = await self.js.subscribe(
+            subject,
+            stream=subjects.STREAM_EVENTS,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=JS_TIMEOUT_S)
+                with contextlib.suppress(msgspec.DecodeError):
+                    event = event_decoder.decode(msg.data)
+                    if q.matches(event):
+                        kept.append(event)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await bus.unsubscribe(sub)
+        return [render_event(e) for e in reversed(kept)]
+
     async def _on_apply(self, msg: Msg) -> None:
         try:
-            reply = await apply.handle(self.store, msg.data)
+            with acting(nats_actor(msg.headers)):
+                reply = await apply.handle(self.store, msg.data)
         except Exception as exc:  # noqa: BLE001 - a callback never dies on a bad message
             log.warning("config_apply_failed", error=repr(exc))
             reply = msgspec.json.encode({"status": 503, "body": error_body("unavailable", str(exc))})
@@ -182,6 +221,15 @@ class Backend:
             self.probes.add(probe_result_decoder.decode(msg.data))
         except Exception as exc:  # noqa: BLE001 - a callback never dies on a bad message
             log.warning("bad_probe_result", subject=msg.subject, error=str(exc))
+
+
+def nats_actor(headers: Mapping[str, str] | None) -> Actor:
+    """Who sent a ``config.apply`` request: the NATS user when the server says (``Nats-Request-Info``), else "nats"."""
+    who = ""
+    with contextlib.suppress(msgspec.DecodeError, AttributeError, TypeError):
+        info = msgspec.json.decode((headers or {}).get(REQUEST_INFO_HEADER, "") or "{}")
+        who = str(info.get("user") or info.get("name") or "")
+    return Actor(who=who or NATS_ACTOR, via="config.apply")
 
 
 async def run_backend(backend: Backend, *, retry_s: float = 1.0) -> None:

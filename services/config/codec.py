@@ -33,6 +33,8 @@ from shared.resources import (
 
 API_BASE = "/api/v1"
 MAX_BODY_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32  # nesting of a request body; a config document nests under 10 levels
+MAX_REVISION_DIGITS = 20  # an If-Match tag longer than any KV revision (uint64) matches none
 
 Resource = Pool | Domain | HealthCheck | AlertTarget | Topology  # as stored
 Incoming = Pool | Domain | HealthTemplate | AlertTarget | Topology  # as decoded from a request body
@@ -69,7 +71,7 @@ class Kind(ResourceKind):
                 return normalize_fqdn(name)
             except ResourceError as exc:
                 raise from_resource_error(exc) from None
-        if not re.match(NAME_RE, name):
+        if not re.fullmatch(NAME_RE, name):  # fullmatch: `$` alone lets a trailing newline through
             raise InvalidArgument(f"invalid {self.resource} name {name!r}: 1-64 of A-Za-z0-9._-", "name")
         return name
 
@@ -107,9 +109,35 @@ def _decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     if not body.strip():
         raise InvalidArgument("a JSON request body is required")
     try:
-        return decoder.decode(body)
+        value = decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise from_decode_error(exc) from None
+    except RecursionError:  # msgspec refuses nesting deeper than the interpreter's recursion limit
+        raise too_deep() from None
+    check_depth(value)
+    return value
+
+
+def too_deep() -> InvalidArgument:
+    """The error for a body nested deeper than :data:`MAX_JSON_DEPTH`."""
+    return InvalidArgument(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise ``invalid_argument`` if ``value`` nests lists and objects deeper than ``limit``.
+
+    Iterative, so it never recurses itself: merge-patch, validation and re-encoding, which do,
+    only ever see values this shallow.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            raise too_deep()
+        stack.extend((child, depth + 1) for child in children)
 
 
 def decode(kind: Kind, body: bytes) -> Incoming:
@@ -171,14 +199,25 @@ def etag(revision: int) -> str:
 
 
 def if_match_ok(header: str, current: int | None) -> bool:
-    """Whether an ``If-Match`` header (quoted or not, ``*``, a list) matches ``current``."""
+    """Whether an ``If-Match`` header (quoted or not, ``*``, a list) matches ``current``.
+
+    A tag is a revision in ASCII digits; anything else (``²``, 5,000 digits) matches nothing.
+    """
+    if current is None:
+        return False
     for token in header.split(","):
         tag = token.strip().removeprefix("W/").strip('"').strip()
-        if tag == "*" and current is not None:
+        if tag == "*":
             return True
-        if tag.isdigit() and current is not None and int(tag) == current:
+        if tag.isascii() and tag.isdigit() and len(tag) <= MAX_REVISION_DIGITS and int(tag) == current:
             return True
     return False
+
+
+def _quoted(text: str, limit: int = 64) -> str:
+    """``text`` for an error message: stripped and cut to ``limit`` characters."""
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_preconditions(
@@ -188,6 +227,6 @@ def check_preconditions(
     if must_exist and current is None:
         raise NotFound(f"{what} not found")
     if if_match is not None and not if_match_ok(if_match, current):
-        raise PreconditionFailed(f"{what} is at revision {current or 0}, not {if_match.strip()}")
+        raise PreconditionFailed(f"{what} is at revision {current or 0}, not {_quoted(if_match)}")
     if body_revision is not None and body_revision != (current or 0):
         raise PreconditionFailed(f"{what} is at revision {current or 0}, not {body_revision}")

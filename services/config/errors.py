@@ -7,12 +7,14 @@ from typing import Any
 
 import msgspec
 import nats.errors
+from msgspec import Struct
 
 from shared.resources import ResourceError
 
 STATUS_FOR_CODE: dict[str, int] = {  # the one table of codes and their HTTP statuses
     "invalid_argument": 400,
     "unauthorized": 401,
+    "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,
@@ -26,6 +28,20 @@ NATS_ERRORS: tuple[type[Exception], ...] = (TimeoutError, nats.errors.Error)  # 
 
 _AT_RE = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _FIELD_RE = re.compile(r"(?:unknown field|missing required field) `(?P<name>[^`]+)`")
+
+
+class ErrorDetail(Struct, kw_only=True, frozen=True):
+    """What went wrong: a stable ``code``, a human ``message`` and the offending ``field`` ("" for none)."""
+
+    code: str  # one of STATUS_FOR_CODE
+    message: str
+    field: str = ""  # a JSON path into the body (``addresses[0].address``), a query parameter or a header
+
+
+class ErrorBody(Struct, kw_only=True, frozen=True):
+    """The body of every error response of the REST API."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):
@@ -60,6 +76,10 @@ class Unauthorized(ApiError, code="unauthorized"):
     """No or a wrong bearer token."""
 
 
+class Forbidden(ApiError, code="forbidden"):
+    """Refused whoever asks: an unauthenticated API addressed by a name that is not a loopback one."""
+
+
 class NotFound(ApiError, code="not_found"):
     """The resource or route does not exist."""
 
@@ -90,8 +110,19 @@ def nats_unavailable(exc: Exception) -> Unavailable:
 
 
 def error_body(code: str, message: str, field: str = "") -> dict[str, Any]:
-    """``{"error": {"code", "message", "field"}}``."""
-    return {"error": {"code": code, "message": message, "field": field}}
+    """``{"error": {"code", "message", "field"}}``, always encodable as JSON.
+
+    Messages quote what the client sent (a name, a header), which may hold lone surrogates: aiohttp
+    decodes header bytes that are not UTF-8 with ``surrogateescape``.  They are shown escaped.
+    """
+    detail = ErrorDetail(code=code, message=printable(message), field=printable(field))
+    body: dict[str, Any] = msgspec.to_builtins(ErrorBody(error=detail))
+    return body
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (undecodable bytes) escaped, so that it encodes as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def code_for_status(status: int) -> str:

@@ -11,10 +11,12 @@ from typing import Any, Protocol
 
 import msgspec
 import structlog
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.config.audit import Actor, current_actor, diff
 from services.config.codec import (
     DOMAIN,
     POOL,
@@ -30,7 +32,7 @@ from services.config.codec import (
     patchable,
     pop_revision,
 )
-from services.config.errors import ApiError, Conflict, NotFound
+from services.config.errors import ApiError, Conflict, NotFound, PayloadTooLarge
 from services.config.mirror import ConfigView
 from services.config.validation import (
     Related,
@@ -61,14 +63,23 @@ class Reader(Protocol):
         """Every resource of ``kind``, sorted by name."""
 
 
+class _Raced(Exception):
+    """Another writer (another replica) changed the key between a write's check and its store."""
+
+
 class ConfigStore:
     """The config resources in the ``gtm_config`` bucket: reads, and validated writes each logged.
 
     ``find`` reads one key from KV; lists and the scans behind a write's checks read the bucket
     view (caught up first).  A write is checked (:func:`check_put`, :func:`check_write` after a
     merge-patch, :func:`check_delete`) and stored under a lock, with optimistic concurrency against
-    other writers, then published as an operation event; a changed health template also rewrites
-    the pools made from it.
+    other writers, then published as an operation event naming who wrote it, through what, and
+    the fields it changed; a changed health template also rewrites the pools made from it.
+
+    The lock orders this replica's writes only: when another replica writes between a check and
+    the store, the write with a precondition (``If-Match``, a body ``revision``) that no longer
+    holds is refused as ``precondition_failed`` like any stale one, one without as ``conflict``.
+    The actor of a write is ``actor`` when given, else :func:`~services.config.audit.current_actor`.
     """
 
     def __init__(
@@ -126,15 +137,22 @@ class ConfigStore:
 
     # -- writes ----------------------------------------------------------------
 
-    async def put(self, kind: Kind, name: str, body: bytes, *, if_match: str | None) -> tuple[Stored, bool]:
+    async def put(
+        self, kind: Kind, name: str, body: bytes, *, if_match: str | None, actor: Actor | None = None
+    ) -> tuple[Stored, bool]:
         """Create or replace a resource; return it and whether it was created."""
         name = kind.canonical(name)
         async with self._lock:
             current, validated = await check_put(self, kind, name, body, if_match=if_match)
-            stored = await self._write(kind, name, validated, current, "PUT")
+            try:
+                stored = await self._write(kind, name, validated, current, "PUT", actor)
+            except _Raced:
+                raise await self._raced(kind, name, if_match, _body_revision(body)) from None
         return stored, current is None
 
-    async def patch(self, kind: Kind, name: str, body: bytes, *, if_match: str | None) -> Stored:
+    async def patch(
+        self, kind: Kind, name: str, body: bytes, *, if_match: str | None, actor: Actor | None = None
+    ) -> Stored:
         """Apply a JSON merge-patch to a resource and validate the result."""
         name = kind.canonical(name)
         patch = parse_json(body)
@@ -146,9 +164,12 @@ class ConfigStore:
             merged = merge_patch(patchable(current.resource), patch)
             incoming = decode(kind, msgspec.json.encode(merged))
             validated = await check_write(self, name, merged, incoming, current)
-            return await self._write(kind, name, validated, current, "PATCH")
+            try:
+                return await self._write(kind, name, validated, current, "PATCH", actor)
+            except _Raced:
+                raise await self._raced(kind, name, if_match, body_revision) from None
 
-    async def delete(self, kind: Kind, name: str, *, if_match: str | None) -> int:
+    async def delete(self, kind: Kind, name: str, *, if_match: str | None, actor: Actor | None = None) -> int:
         """Delete a resource (409 for one in use); return the delete marker's revision."""
         name = kind.canonical(name)
         async with self._lock:
@@ -157,37 +178,56 @@ class ConfigStore:
                 await self.kv.delete(kind.key(name), last=current.revision)
             except APIError as exc:
                 if exc.err_code in _WRONG_LAST_SEQUENCE:
-                    raise _concurrent(kind, name) from None
+                    raise await self._raced(kind, name, if_match, None) from None
                 raise
             revision = await self._marker_revision(kind, name)
-            await self._record(kind, name, "DELETE", revision)
+            await self._record(kind, name, "DELETE", revision, before=current.resource, after=None, actor=actor)
         return revision
 
     # -- internals -------------------------------------------------------------
 
-    async def _write(self, kind: Kind, name: str, validated: Validated, current: Stored | None, method: str) -> Stored:
+    async def _write(
+        self, kind: Kind, name: str, validated: Validated, current: Stored | None, method: str, actor: Actor | None
+    ) -> Stored:
         """Store a checked write over ``current`` and log the operation.
 
         A changed health template is re-resolved into every pool made from it, each pool
         rewritten with its own operation event, so the probers see the change.
         """
         revision = await self._store(kind, name, validated.resource, current)
-        await self._record(kind, name, method, revision)
+        before = current.resource if current else None
+        await self._record(kind, name, method, revision, before=before, after=validated.resource, actor=actor)
         for pool, new in validated.followers:
-            await self._rewrite_pool(pool, new, template=name)
+            await self._rewrite_pool(pool, new, template=name, actor=actor)
         return Stored(name, validated.resource, revision)
 
     async def _store(self, kind: Kind, name: str, resource: Resource, current: Stored | None) -> int:
-        """Create or update one KV entry; a concurrent writer is a conflict."""
+        """Create or update one KV entry; raise :class:`_Raced` when another writer got there first."""
         data = encoder.encode(resource)
         try:
             if current is None:
                 return int(await self.kv.create(kind.key(name), data))
             return int(await self.kv.update(kind.key(name), data, last=current.revision))
         except KeyWrongLastSequenceError:
-            raise _concurrent(kind, name) from None
+            raise _Raced from None
+        except MaxPayloadError:  # validation keeps stored forms under MAX_STORED_BYTES: a smaller server limit
+            raise PayloadTooLarge(
+                f"{kind.describe(name)} is {len(data)} bytes as stored, more than NATS accepts in one message"
+            ) from None
 
-    async def _rewrite_pool(self, stored: Stored, new: Pool, *, template: str) -> None:
+    async def _raced(self, kind: Kind, name: str, if_match: str | None, body_revision: int | None) -> ApiError:
+        """The error for a write another writer overtook: 412 when its precondition no longer holds, else 409."""
+        fresh = await self.find(kind, name)
+        check_preconditions(
+            if_match=if_match,
+            body_revision=body_revision,
+            current=fresh.revision if fresh else None,
+            what=kind.describe(name),
+            must_exist=False,
+        )  # raises precondition_failed for a stale If-Match or body revision
+        return _concurrent(kind, name)
+
+    async def _rewrite_pool(self, stored: Stored, new: Pool, *, template: str, actor: Actor | None) -> None:
         """Store a re-resolved pool; re-read and redo it if it changed meanwhile (another writer)."""
         for _ in range(_REWRITE_ATTEMPTS):
             try:
@@ -201,7 +241,8 @@ class ConfigStore:
                 stored, new = fresh, reresolve(fresh.resource, template, template_now.resource)
                 continue
             message = f"PUT {POOL.path(stored.name)}: health template {template!r} changed"
-            await self._record(POOL, stored.name, "PUT", revision, message=message)
+            await self._record(POOL, stored.name, "PUT", revision, before=stored.resource, after=new, actor=actor,
+                               message=message)
             return
         log.error("template_reresolve_failed", pool=stored.name, template=template)
 
@@ -214,9 +255,21 @@ class ConfigStore:
                 return int(entry.revision)
         return 0
 
-    async def _record(self, kind: Kind, name: str, method: str, revision: int, *, message: str = "") -> None:
+    async def _record(
+        self,
+        kind: Kind,
+        name: str,
+        method: str,
+        revision: int,
+        *,
+        before: Resource | None,
+        after: Resource | None,
+        actor: Actor | None,
+        message: str = "",
+    ) -> None:
         """Publish the operation event of an accepted write (a failure is logged, not raised)."""
         path = kind.path(name)
+        who = actor or current_actor()
         event = OperationEvent(
             at=time.time(),
             method=method,
@@ -226,6 +279,10 @@ class ConfigStore:
             revision=revision,
             domain=name if kind is DOMAIN else "",
             message=message or f"{method} {path}",
+            who=who.who,
+            via=who.via,
+            client=who.client,
+            changes=diff(before, after),
         )
         try:
             ack = await self.js.publish(subjects.operation_event(kind.resource, name), encoder.encode(event))
@@ -233,7 +290,10 @@ class ConfigStore:
             log.error("operation_event_not_published", resource=kind.resource, name=name, error=repr(exc))
             return
         self.on_event(ack.seq, event)
-        log.info("config_changed", method=method, resource=kind.resource, name=name, revision=revision)
+        log.info(
+            "config_changed", method=method, resource=kind.resource, name=name, revision=revision, who=who.who,
+            via=who.via, fields=[c.field for c in event.changes],
+        )
 
     def _decode_stored(self, kind: Kind, name: str, value: bytes) -> Resource:
         try:
@@ -327,6 +387,13 @@ async def pools_using(reader: Reader, template: str) -> tuple[Stored, ...]:
     return tuple(
         s for s in await reader.list_all(POOL) if isinstance(s.resource, Pool) and uses_template(s.resource, template)
     )
+
+
+def _body_revision(body: bytes) -> int | None:
+    """The ``revision`` of a request body that decoded already (it acts like If-Match)."""
+    doc = parse_json(body)
+    revision = doc.get("revision") if isinstance(doc, dict) else None
+    return revision if isinstance(revision, int) and not isinstance(revision, bool) else None
 
 
 def _not_found(kind: Kind, name: str) -> ApiError:

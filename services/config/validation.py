@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from services.config.codec import POOL, Incoming, Resource, Stored, decode
-from services.config.errors import InvalidArgument, from_resource_error
+from services.config.errors import InvalidArgument, PayloadTooLarge, from_resource_error
 from shared.resources import (
     NAME_RE,
     AlertTarget,
@@ -34,12 +34,19 @@ from shared.resources import (
     ResourceError,
     Topology,
     check_health,  # the same rules as an address's check
+    check_no_control,
+    check_url_name,
     validate_domain,
     validate_pool,
 )
 
 CHECK_FIELDS = tuple(f for f in HealthCheck.__struct_fields__ if f not in ("template", "overrides"))
 _NAME = re.compile(NAME_RE)
+# The largest resource stored, as encoded: under NATS's 1 MiB message payload (max_payload), with
+# room for the KV headers, so a write too big is refused up front (413) instead of failing in NATS
+# (503, which invites retries).  Request bodies are limited apart (codec.MAX_BODY_BYTES).
+MAX_STORED_BYTES = 960 * 1024
+_encoder = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,27 @@ def validate_write(name: str, doc: Any, incoming: Incoming, *, current: Resource
             resource = validate_topology(incoming)
     except ResourceError as exc:
         raise from_resource_error(exc) from None
+    check_size(resource, f"{_WORDS[type(resource)]} {name!r}" if not isinstance(resource, Topology) else "topology")
     if isinstance(resource, HealthCheck):  # a template: the pools made from it must stay valid
         return Validated(resource, _reresolved(name, resource, related.pools_using))
     return Validated(resource)
+
+
+_WORDS: dict[type, str] = {Pool: "pool", Domain: "domain", HealthCheck: "template", AlertTarget: "alert target"}
+
+
+def check_size(resource: Resource, what: str, *, limit: int = MAX_STORED_BYTES, named: bool = True) -> None:
+    """Refuse a resource whose stored form is over ``limit`` bytes: 413, naming its biggest field (if ``named``)."""
+    size = len(_encoder.encode(resource))
+    if size <= limit:
+        return
+    sizes = {f: len(_encoder.encode(getattr(resource, f))) for f in resource.__struct_fields__}
+    biggest = max(sizes, key=lambda f: sizes[f])
+    raise PayloadTooLarge(
+        f"{what} would be stored as {size} bytes, over the limit of {limit} "
+        f"(NATS carries at most 1 MiB per message); {biggest} takes {sizes[biggest]}: split it",
+        biggest if named else "",
+    )
 
 
 def users(related: Related) -> str:
@@ -127,6 +152,7 @@ def _reresolved(template: str, check: HealthCheck, pools: Sequence[Stored]) -> t
             raise InvalidArgument(
                 f"{exc.message} in pool {stored.name!r} ({exc.field})", where[2] if where[1] else ""
             ) from None
+        check_size(new, f"pool {stored.name!r}, made from this template,", named=False)
         out.append((stored, new))
     return tuple(out)
 
@@ -153,6 +179,7 @@ def validate_regions(pool: Pool) -> None:
 def validate_template(template: HealthTemplate, name: str) -> HealthCheck:
     """Check a health-check template; return it as the HealthCheck that is stored."""
     check_name(template.name, name)
+    check_url_name(name, "name", "template")
     if template.template:
         raise ResourceError("a template cannot refer to another template", "template")
     if template.overrides:
@@ -168,6 +195,8 @@ def validate_template(template: HealthTemplate, name: str) -> HealthCheck:
 def validate_alert_target(target: AlertTarget, name: str) -> AlertTarget:
     """Check an alert target: an http(s) URL with a host; return it named."""
     check_name(target.name, name)
+    check_url_name(name, "name", "alert target")
+    check_no_control(target.url, "url")  # urlsplit would drop CR, LF and tab silently
     try:
         url = urllib.parse.urlsplit(target.url)
         host, _port = url.hostname, url.port  # .port raises on a bad port

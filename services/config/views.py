@@ -9,10 +9,12 @@ from typing import Any
 
 from services.config.errors import InvalidArgument
 from shared import subjects
-from shared.messages import AnswerSet, Event, PoolState, ProbeResult, SwitchEvent
-from shared.resources import Domain, Pool
+from shared.messages import AnswerSet, Event, FieldChange, OperationEvent, PoolState, ProbeResult, SwitchEvent
+from shared.resources import RESOURCE_KINDS, Domain, Pool
 
 EVENT_KINDS = ("switch", "operation")
+RESOURCES = tuple(k.resource for k in RESOURCE_KINDS)  # what ?resource= may say
+MAX_NAME = 253
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
@@ -57,20 +59,56 @@ def render_event(event: Event) -> dict[str, Any]:
         "resource": event.resource,
         "name": event.name,
         "revision": event.revision,
+        "who": event.who,
+        "via": event.via,
+        "client": event.client,
+        "changes": [render_change(c) for c in event.changes],
     }
+
+
+def render_change(change: FieldChange) -> dict[str, Any]:
+    """``{"field", "before", "after"}``, plus ``added``/``removed``/``changed``/``reordered`` for a list summary."""
+    out: dict[str, Any] = {"field": change.field, "before": change.before, "after": change.after}
+    for key in ("added", "removed", "changed"):
+        if names := getattr(change, key):
+            out[key] = list(names)
+    if change.reordered:
+        out["reordered"] = True
+    return out
 
 
 @dataclass(frozen=True)
 class EventsQuery:
-    """Filters of ``GET /events``."""
+    """Filters of ``GET /events``; ``resource`` and ``name`` select operations (the audit trail of one resource)."""
 
     domain: str = ""
     kind: str = ""
     limit: int = DEFAULT_LIMIT
+    resource: str = ""
+    name: str = ""
+
+    def matches(self, event: Event) -> bool:
+        """Whether ``event`` passes every filter."""
+        if self.kind and event_kind(event) != self.kind:
+            return False
+        if self.domain and event.domain != self.domain:
+            return False
+        if self.resource or self.name:
+            if not isinstance(event, OperationEvent):
+                return False
+            if self.resource and event.resource != self.resource:
+                return False
+            if self.name and event.name not in (self.name, _fqdn(self.name)):
+                return False
+        return True
+
+
+def _fqdn(name: str) -> str:
+    return name.rstrip(".").lower()
 
 
 def parse_events_query(query: Mapping[str, str]) -> EventsQuery:
-    """Validate ``domain``, ``kind`` and ``limit``; raise ``invalid_argument`` naming the field."""
+    """Validate ``domain``, ``kind``, ``resource``, ``name`` and ``limit``; raise ``invalid_argument`` naming it."""
     raw_limit = query.get("limit", "")
     limit = DEFAULT_LIMIT
     if raw_limit != "":
@@ -84,7 +122,15 @@ def parse_events_query(query: Mapping[str, str]) -> EventsQuery:
     if kind and kind not in EVENT_KINDS:
         raise InvalidArgument("kind must be switch or operation", "kind")
     domain = query.get("domain", "").strip().rstrip(".").lower()
-    return EventsQuery(domain=domain, kind=kind, limit=limit)
+    resource = query.get("resource", "")
+    if resource and resource not in RESOURCES:
+        raise InvalidArgument(f"resource must be one of {', '.join(RESOURCES)}", "resource")
+    name = query.get("name", "").strip()
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(f"name is at most {MAX_NAME} characters", "name")
+    if resource == "domain":
+        name = _fqdn(name)
+    return EventsQuery(domain=domain, kind=kind, limit=limit, resource=resource, name=name)
 
 
 class EventLog:
@@ -115,14 +161,17 @@ class EventLog:
         out: list[dict[str, Any]] = []
         for seq in sorted(self._events, reverse=True):
             event = self._events[seq]
-            if q.kind and event_kind(event) != q.kind:
-                continue
-            if q.domain and event.domain != q.domain:
+            if not q.matches(event):
                 continue
             out.append(render_event(event))
             if len(out) >= q.limit:
                 break
         return out
+
+    @property
+    def low_seq(self) -> int:
+        """The oldest stream sequence held (0 when empty): older events are only in the stream."""
+        return min(self._events, default=0)
 
 
 class ProbeTable:

@@ -108,7 +108,8 @@ def _domain(table: AnswerTable, wire_name: bytes) -> str:
 
 
 class EdgeCollector(Collector):
-    """Exports ``gtm_edge_queries_total{domain,type,rcode}``, ``gtm_edge_rrl_total{action}`` and the answers' source."""
+    """Exports ``gtm_edge_queries_total{domain,type,rcode}``, ``gtm_edge_rrl_total{action}``, ``gtm_edge_domains``
+    and the answers' source and age."""
 
     def __init__(
         self, counts: QueryCounts, table: AnswerTable, rrl: RrlCounts | None = None, serving: Serving | None = None
@@ -134,6 +135,7 @@ class EdgeCollector(Collector):
         rrl.add_metric(["drop"], self.rrl.drop)
         rrl.add_metric(["slip"], self.rrl.slip)
         yield rrl
+        yield GaugeMetricFamily("gtm_edge_domains", "Access domains this edge answers for", value=len(self.table))
         if self.serving is not None:
             yield from _source_metrics(self.serving)
 

@@ -1,16 +1,28 @@
-"""``gtmctl`` commands: apply, get, status, events, explain."""
+"""``gtmctl`` commands: apply, get, status, events, explain.
+
+Exit codes follow terraform's: 0 success, 1 any error (usage errors too), and with
+``apply --detailed-exitcode`` 2 when the document differs from the live config (``--dry-run``:
+changes pending; without it: changes applied), 0 when it matched already.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import ipaddress
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
 
-from services.gtmctl.client import Client, RequestFailed
+from services.gtmctl.client import Client, GtmctlError, RequestFailed
 from shared import manifest
+
+DISTRIBUTION = "gtm"  # the [project] name in pyproject.toml
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 # what `gtmctl get` takes (a resource word, its URL segment, its list key) -> the document key
 ALIASES = {
@@ -19,19 +31,15 @@ ALIASES = {
     for alias in (kind.resource.replace("_", "-"), kind.collection, kind.list_key.replace("_", "-"))
     if alias
 }
+_SYMBOLS = {"create": "+", "update": "~", "delete": "-"}
 
 
-def current_state(client: Client, kinds: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every resource of ``kinds`` as the API has it now."""
-    state: dict[str, dict[str, dict[str, Any]]] = {}
-    for key in kinds:
-        kind = manifest.KINDS[key]
-        if kind.singleton:
-            body = client.call("GET", f"/{kind.collection}")
-            state[key] = {"": body} if body and body.get("revision") else {}
-        else:
-            state[key] = {r["name"]: r for r in client.call("GET", f"/{kind.collection}")[kind.list_key]}
-    return state
+def version() -> str:
+    """The installed package's version."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _path(key: str, name: str) -> str:
@@ -40,58 +48,157 @@ def _path(key: str, name: str) -> str:
     return f"/{kind.collection}" if kind.singleton else f"/{kind.collection}/{name}"
 
 
+# -- apply -------------------------------------------------------------------------------
+
+
 def cmd_apply(client: Client, args: argparse.Namespace) -> int:
-    """Make the API match the document: create and update, delete with --prune."""
-    with open(args.file) if args.file != "-" else sys.stdin as f:
-        desired = manifest.load(f.read())
-    named = (k for k, kind in manifest.KINDS.items() if not kind.singleton and k not in desired)
-    kinds = [*desired, *named] if args.prune else list(desired)
-    changes = manifest.plan(desired, current_state(client, kinds), prune=args.prune)
+    """Make the API match the document (``POST /apply``: checked whole by the server, all-or-nothing)."""
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    request = {"document": manifest.parse(text), "prune": args.prune, "dry_run": args.dry_run}
+    try:
+        reply = client.call("POST", "/apply", request)
+    except RequestFailed as exc:
+        return _refused(exc)
+    changes: list[dict[str, Any]] = reply["changes"]
     for ch in changes:
-        label = f"{ch.kind.rstrip('s')} {ch.name}".strip()
-        print(f"{'+' if ch.action == 'create' else '~' if ch.action == 'update' else '-'} {ch.action} {label}")
-        if args.dry_run and ch.diff:
-            print("\n".join("    " + line for line in ch.diff.splitlines()))
-        if args.dry_run:
-            continue
-        try:
-            client.call("DELETE" if ch.action == "delete" else "PUT", _path(ch.kind, ch.name), ch.body)
-        except RequestFailed as exc:
-            print(f"error: {label}: {exc}", file=sys.stderr)
-            return 1
-    if not changes:
-        print("no changes")
-    return 0
+        print(f"{_SYMBOLS.get(ch['action'], '?')} {ch['action']} {_label(ch)}")
+        for line in (ch.get("diff") or "").splitlines():
+            print("    " + line)
+    resets = sum(len(ch.get("resets") or []) for ch in changes)
+    if resets:
+        fields, done = ("1 field", "was") if resets == 1 else (f"{resets} fields", "were")
+        print(f"warning: {fields} changed outside the document {'would be' if args.dry_run else done} reset to "
+              "the default (lines marked !); write the value into the document to keep it", file=sys.stderr)
+    print(_summary(len(changes), dry_run=args.dry_run))
+    return EXIT_CHANGES if args.detailed_exitcode and changes else EXIT_OK
+
+
+def _label(change: dict[str, Any]) -> str:
+    return f"{change['kind'].rstrip('s')} {change['name']}".strip()
+
+
+def _summary(n: int, *, dry_run: bool) -> str:
+    if n == 0:
+        return "no changes"
+    what = "1 change" if n == 1 else f"{n} changes"
+    return f"{what} pending (dry run: nothing written)" if dry_run else f"{what} applied"
+
+
+def _refused(exc: RequestFailed) -> int:
+    """Print why the document was refused and what, if anything, was written."""
+    print(f"error: {exc}", file=sys.stderr)
+    applied = exc.body.get("applied") if isinstance(exc.body, dict) else None
+    if applied:
+        print("written before the failure:", file=sys.stderr)
+        for ch in applied:
+            print(f"  {_SYMBOLS.get(ch['action'], '?')} {ch['action']} {_label(ch)}", file=sys.stderr)
+    elif exc.status < 500 or exc.code == "unavailable":
+        print("nothing was written", file=sys.stderr)
+    return EXIT_ERROR
+
+
+# -- get ---------------------------------------------------------------------------------
+
+Row = dict[str, Any]
+Column = tuple[str, Callable[[Row], Any]]
+
+
+def _seconds(key: str) -> Callable[[Row], Any]:
+    return lambda r: f"{r[key]:g}s" if isinstance(r.get(key), int | float) else r.get(key)
+
+
+def _key(key: str) -> Callable[[Row], Any]:
+    return lambda r: r.get(key)
+
+
+def _domain_pools(r: Row) -> str:
+    return ",".join(p["pool"] for p in sorted(r.get("pools", []), key=lambda p: p.get("sequence", 1)))
+
+
+def _domain_strategy(r: Row) -> str:
+    mode = f"/{r.get('sequence_mode')}" if r.get("lb_strategy") == "sequence" else ""
+    return f"{r.get('lb_strategy')}{mode}"
+
+
+COLUMNS: dict[str, list[Column]] = {
+    "health_templates": [("NAME", _key("name")), ("PROTOCOL", _key("protocol")), ("PORT", _key("port")),
+                         ("PATH", _key("path")), ("INTERVAL", _seconds("interval_s")),
+                         ("TIMEOUT", _seconds("timeout_s")), ("REVISION", _key("revision"))],
+    "pools": [("NAME", _key("name")), ("TYPE", _key("type")), ("ENABLED", _key("enabled")),
+              ("STRATEGY", _key("lb_strategy")), ("CONDITION", _key("health_condition")),
+              ("ADDRESSES", lambda r: len(r.get("addresses", []))), ("REVISION", _key("revision"))],
+    "domains": [("NAME", _key("name")), ("TYPE", _key("record_type")), ("TTL", _seconds("ttl")),
+                ("ENABLED", _key("enabled")), ("STRATEGY", _domain_strategy), ("POOLS", _domain_pools),
+                ("REVISION", _key("revision"))],
+    "alert_targets": [("NAME", _key("name")), ("TYPE", lambda r: r.get("type", "webhook")),
+                      ("URL", _key("url")), ("ENABLED", _key("enabled")), ("KINDS", _key("kinds")),
+                      ("REVISION", _key("revision"))],
+    "topology": [("CIDR", _key("cidr")), ("REGION", _key("region"))],
+}
+_DEFAULT_COLUMNS: list[Column] = [("NAME", _key("name")), ("REVISION", _key("revision"))]
 
 
 def cmd_get(client: Client, args: argparse.Namespace) -> int:
-    """Print one resource or a list as JSON."""
-    kind = ALIASES.get(args.kind)
-    if kind is None:
-        print(f"error: unknown kind {args.kind!r}", file=sys.stderr)
-        return 2
-    path = _path(kind, args.name) if args.name else f"/{manifest.KINDS[kind].collection}"
-    print(json.dumps(client.call("GET", path), indent=2))
-    return 0
+    """Print one resource or a list: a table, or the API's JSON as JSON or YAML."""
+    key = ALIASES.get(args.kind)
+    if key is None:
+        raise GtmctlError(f"unknown kind {args.kind!r}: one of {', '.join(sorted(ALIASES))}")
+    kind = manifest.KINDS[key]
+    body = client.call("GET", _path(key, args.name) if args.name else f"/{kind.collection}")
+    output = args.output or ("table" if sys.stdout.isatty() else "json")  # a pipe gets what scripts parse
+    if output == "json":
+        print(json.dumps(body, indent=2))
+    elif output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(body, sort_keys=False, allow_unicode=True), end="")
+    else:
+        rows = body.get("entries", []) if kind.singleton else body[kind.list_key] if not args.name else [body]
+        print(table(COLUMNS.get(key, _DEFAULT_COLUMNS), rows))
+    return EXIT_OK
+
+
+def table(columns: list[Column], rows: list[Row]) -> str:
+    """Rows as an aligned text table with a header line."""
+    cells = [[h for h, _ in columns], *([_cell(get(r)) for _, get in columns] for r in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells)
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+# -- status, events, explain -----------------------------------------------------------------
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
-    """Print a domain's answer and the health of its pools and addresses."""
+    """Print a domain's answer and the health of its pools and addresses (TTL in s, RTT in ms)."""
     st = client.call("GET", f"/domains/{args.domain}/status")
     ans = st.get("answer") or {}
     print(f"{st['domain']}  {st.get('status', 'enabled' if st['enabled'] else 'disabled')}")
     if ans:
         fb = "  (fallback: no pool available)" if ans.get("fallback") else ""
-        print(f"answer: {ans.get('pool')} -> {', '.join(ans.get('records', []))}  ttl {ans.get('ttl')}{fb}")
+        print(f"answer: {ans.get('pool')} -> {', '.join(ans.get('records', []))}  ttl {ans.get('ttl')} s{fb}")
     for pool in st.get("pools", []):
         print(f"  {pool['name']:<24} {_state(pool.get('available'))}")
         for a in pool.get("addresses", []):
-            checks = "; ".join(
-                f"{c['region']}: {'ok' if c['ok'] else c['error']} {c.get('rtt_ms') or ''}".rstrip()
-                for c in a.get("checks", [])
-            )
-            print(f"    {a['name']:<22} {a['address']:<18} {_state(a.get('available'))}  {checks}")
-    return 0
+            checks = "; ".join(check_line(c) for c in a.get("checks", []))
+            print(f"    {a['name']:<22} {a['address']:<18} {_state(a.get('available'))}  {checks}".rstrip())
+    return EXIT_OK
+
+
+def check_line(check: dict[str, Any]) -> str:
+    """One probe result in words: ``eu: ok 1.4 ms``, ``eu: connection refused``."""
+    rtt = check.get("rtt_ms")
+    took = f" {rtt:.1f} ms" if isinstance(rtt, int | float) and (check.get("ok") or rtt) else ""
+    return f"{check.get('region')}: {'ok' if check.get('ok') else check.get('error') or 'failed'}{took}"
 
 
 def _state(available: bool | None) -> str:
@@ -103,7 +210,7 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
     q = [f"limit={args.limit}"] + [f"{k}={v}" for k, v in (("domain", args.domain), ("kind", args.kind)) if v]
     for ev in client.call("GET", "/events?" + "&".join(q))["events"]:
         print(f"{ev['at']}  {ev['kind']:<9} {ev.get('domain') or '-':<24} {ev['message']}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_explain(client: Client, args: argparse.Namespace) -> int:
@@ -111,7 +218,7 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     dom = client.call("GET", f"/domains/{args.domain}")
     st = client.call("GET", f"/domains/{args.domain}/status")
     pools = {p["name"]: p for p in st.get("pools", [])}
-    print(f"{dom['name']}  {dom['record_type']}  ttl {dom['ttl']}  "
+    print(f"{dom['name']}  {dom['record_type']}  ttl {dom['ttl']} s  "
           f"{'enabled' if dom['enabled'] else 'disabled (edges answer REFUSED)'}")
     print(f"strategy between pools: {dom['lb_strategy']}"
           + (f" ({dom['sequence_mode']})" if dom["lb_strategy"] == "sequence" else ""))
@@ -129,7 +236,7 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
         print("answer: none published yet (warming up or disabled)")
     if args.client_subnet:
         return _explain_client(client, args.client_subnet, dom)
-    return 0
+    return EXIT_OK
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -148,8 +255,7 @@ def _explain_client(client: Client, subnet: str, dom: dict[str, Any]) -> int:
     try:
         net = ipaddress.ip_network(subnet, strict=False)
     except ValueError:
-        print(f"error: {subnet!r} is not a subnet", file=sys.stderr)
-        return 2
+        raise GtmctlError(f"{subnet!r} is not a subnet") from None
     topo = client.call("GET", "/topology").get("entries", [])
     matches = [e for e in topo if _covers(ipaddress.ip_network(e["cidr"], strict=False), net)]
     best = max(matches, key=lambda e: ipaddress.ip_network(e["cidr"], strict=False).prefixlen, default=None)
@@ -158,24 +264,39 @@ def _explain_client(client: Client, subnet: str, dom: dict[str, Any]) -> int:
           + (f" via {best['cidr']}" if best else ""))
     if dom["lb_strategy"] == "source_nearest":
         print("  source_nearest answers the available pool of that region, else the first available pool")
-    return 0
+    return EXIT_OK
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 1: 2 means "changes" to ``apply --detailed-exitcode``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the usage and the error; exit 1."""
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    p = argparse.ArgumentParser(prog="gtmctl", description="Manage a GTM through its REST API.")
+    p = _Parser(prog="gtmctl", description="Manage a GTM through its REST API.")
+    p.add_argument("--version", action="version", version=f"gtmctl {version()}")
     p.add_argument("--api", default=os.environ.get("GTM_API_URL", "http://127.0.0.1:8080"),
                    help="API base URL (env GTM_API_URL)")
     p.add_argument("--token", default=os.environ.get("GTM_API_TOKEN", ""), help="Bearer token (env GTM_API_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("apply", help="make the API match a YAML/JSON document")
+    a = sub.add_parser("apply", help="make the API match a YAML/JSON document (all-or-nothing)")
     a.add_argument("-f", "--file", required=True, help="document path, or - for stdin")
     a.add_argument("--prune", action="store_true", help="delete resources the document does not list")
-    a.add_argument("--dry-run", action="store_true", help="show the changes and their diff, change nothing")
+    a.add_argument("--dry-run", action="store_true",
+                   help="have the server check the document and show the changes and their diff; write nothing")
+    a.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 2 when there are changes (pending with --dry-run, else applied), 0 when none, 1 on error")
     a.set_defaults(func=cmd_apply)
-    g = sub.add_parser("get", help="print resources as JSON")
+    g = sub.add_parser("get", help="print resources")
     g.add_argument("kind", help="pools, domains, templates, alert-targets, topology")
     g.add_argument("name", nargs="?")
+    g.add_argument("-o", "--output", choices=["table", "json", "yaml"], default=None,
+                   help="table, or the API's JSON as json or yaml (default: table on a terminal, else json)")
     g.set_defaults(func=cmd_get)
     s = sub.add_parser("status", help="a domain's answer and health")
     s.add_argument("domain")
@@ -194,9 +315,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one gtmctl command; return the exit code."""
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (1)
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR if exc.code else EXIT_OK
     try:
         return int(args.func(Client(args.api, args.token), args))
-    except (RequestFailed, manifest.ManifestError, OSError) as exc:
+    except BrokenPipeError:  # `gtmctl get pools -o json | head`: the reader left, nothing to report
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_ERROR
+    except (GtmctlError, manifest.ManifestError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR

@@ -1,6 +1,8 @@
 """Turn a failed check's exception into one of the short, stable error strings.
 
 Pure: it only inspects the exception, its ``os_error`` and its cause chain.
+:func:`error_label` maps any error string onto the fixed set :data:`ERROR_LABELS`, the only
+values the ``error`` label of a metric may take.
 """
 
 from __future__ import annotations
@@ -19,6 +21,22 @@ TLS_ERROR = "tls error"
 DNS_ERROR = "dns error"
 PING_NOT_PERMITTED = "ping not permitted"
 BODY_MISMATCH = "body mismatch"
+OTHER = "other"  # a metric label only: every error string that is none of the above
+
+# "status 503" and the like, by class: a metric label must not take one value per code.
+STATUS_LABELS = tuple(f"status {n}xx" for n in range(1, 6))
+ERROR_LABELS: tuple[str, ...] = (
+    CONNECTION_REFUSED,
+    TIMEOUT,
+    CONNECTION_RESET,
+    TLS_ERROR,
+    DNS_ERROR,
+    PING_NOT_PERMITTED,
+    BODY_MISMATCH,
+    *STATUS_LABELS,
+    OTHER,
+)
+_FIXED = frozenset(ERROR_LABELS) - {OTHER}
 
 _MAX_TEXT = 80
 _REFUSED = {errno.ECONNREFUSED}
@@ -76,3 +94,13 @@ def classify_error(exc: BaseException) -> str:
         if found is not None:
             return found
     return f"error: {short_text(exc)}"
+
+
+def error_label(error: str) -> str:
+    """The metric label of an error string: itself when it is a stable one, its status class, else "other"."""
+    if error in _FIXED:
+        return error
+    kind, _, code = error.partition(" ")
+    if kind == "status" and len(code) == 3 and code.isdigit() and "1" <= code[0] <= "5":
+        return f"status {code[0]}xx"
+    return OTHER

@@ -1,8 +1,10 @@
-"""Prober metrics: checks, failures and round-trip time by region."""
+"""Prober metrics: checks, failures (by an error from a fixed set) and round-trip time by region."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
+
+from services.prober.errors import error_label
 
 CHECKS = Counter("gtm_prober_checks_total", "Health checks run", ["region", "protocol", "result"])
 FAILURES = Counter("gtm_prober_failures_total", "Failed health checks by error", ["region", "protocol", "error"])
@@ -21,5 +23,5 @@ def observe(region: str, protocol: str, ok: bool, rtt_ms: float | None, error: s
         if rtt_ms is not None:
             RTT.labels(region, protocol).observe(rtt_ms / 1000)
     else:
-        # "error: <free text>" would explode the label set: keep the stable part only.
-        FAILURES.labels(region, protocol, error.split(":", 1)[0] or "unknown").inc()
+        # Free text would grow the label set: the label is one of errors.ERROR_LABELS.
+        FAILURES.labels(region, protocol, error_label(error)).inc()

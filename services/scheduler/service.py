@@ -99,6 +99,8 @@ class Scheduler:
         # What lands on the bus while a take-over reads the streams: it may be missing from
         # what was read, so it is fenced once the take-over is done.
         self._arrived: list[AnswerSet | PoolState] | None = None
+        self.config_revision = 0  # the highest config bucket revision applied (a gauge)
+        self.region_seen: dict[str, float] = {}  # prober region -> unix time of its last result (a gauge)
 
     def may_publish(self) -> str:
         """Why nothing may be handed to NATS right now ("" when it may)."""
@@ -277,6 +279,7 @@ class Scheduler:
         """Apply one config bucket entry to the engine."""
         kind, name = subjects.parse_config_key(entry.key)
         deleted = entry.operation in bus.DELETE_OPS
+        self.config_revision = max(self.config_revision, entry.revision or 0)
         try:
             if kind == "pool":
                 pool = None if deleted else pool_decoder.decode(entry.value or b"")
@@ -304,6 +307,7 @@ class Scheduler:
         except msgspec.DecodeError as exc:
             log.warning("bad_probe_result", subject=msg.subject, error=str(exc))
             return
+        metrics.result_from(self, result.region, time.time())
         try:
             # Decide under the lock: a decision made before a config step but published after it
             # would overwrite the newer answer (ANSWERS keeps only the last one per domain).
@@ -355,7 +359,8 @@ class Scheduler:
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
         metrics.DECISIONS.labels("answer").inc(len(out.answers))
         metrics.DECISIONS.labels("pool_state").inc(len(out.pool_states))
-        metrics.SWITCHES.inc(len(out.switches))
+        for switch in out.switches:
+            metrics.SWITCHES.labels(switch.domain).inc()
         for name in out.removed_pools:
             await self._purge_pool_state(name)
         if (failed_domains or failed_pools) and self.engine.started:
@@ -424,6 +429,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         nc, kv = session.nc, session.config
         lease = Lease(await session.leases(), holder=settings.scheduler.id, lease_s=settings.scheduler.lease_s)
         scheduler = Scheduler(session.js, lease=lease, nc=nc)
+        metrics.follow(scheduler)
         ready = asyncio.Event()
         await stack.enter_async_context(ops.serve(settings.metrics_listen, ready=ready.is_set))
         watcher = await kv.watchall()

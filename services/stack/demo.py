@@ -7,10 +7,9 @@ import json
 import os
 import sys
 import urllib.request
-from pathlib import Path
 
+from services.stack.__main__ import plan_or_exit
 from services.stack.children import die_with_parent, stop_deadline_s
-from services.stack.plan import build_plan
 from services.stack.supervise import supervise
 from shared import logs, process
 
@@ -61,7 +60,7 @@ async def _wait_http(url: str, stop: asyncio.Event, stack: asyncio.Task[int]) ->
 def main() -> None:
     """Run the demo until Ctrl-C."""
     logs.configure(service="demo", fmt=os.environ.get("GTM_LOG_FORMAT", "auto"))
-    plan = build_plan(os.environ, data_dir=Path(os.environ.get("GTM_DATA_DIR", ".data")))
+    plan = plan_or_exit()
     host, port = plan.api
     base = f"http://{host}:{port}"
     code = 0

@@ -57,6 +57,8 @@ def endpoints(plan: Plan) -> list[Endpoint]:
     for i, (host, port) in enumerate(plan.edges, start=1):
         for transport in ("udp", "tcp"):
             out.append(Endpoint(owner=f"edge{i}", transport=transport, host=host, port=port))
+    for owner, host, port in plan.metrics:
+        out.append(Endpoint(owner=f"{owner} metrics", transport="tcp", host=host, port=port))
     return out
 
 

@@ -64,6 +64,8 @@ async def wait_ready(plan: Plan, started: float, timeout_s: float = 60.0) -> boo
                 api=f"http://{plan.api[0]}:{plan.api[1]}/api/v1",
                 dns=[f"{h}:{p}" for h, p in plan.edges],
                 nats=plan.nats_url,
+                metrics=[f"http://{plan.api[0]}:{plan.api[1]}/metrics"]
+                + [f"http://{h}:{p}/metrics" for _, h, p in plan.metrics],
             )
             return True
         await asyncio.sleep(0.1)

@@ -184,7 +184,7 @@ def _claim(plan: Plan) -> tuple[bool, int | None]:
             "ports_in_use",
             ports=busy,
             hint="another make run or program holds them: stop it, "
-            "or set GTM_NATS_PORT, GTM_API_LISTEN, GTM_EDGES",
+            "or set GTM_NATS_PORT, GTM_API_LISTEN, GTM_EDGES, GTM_METRICS_BASE_PORT",
         )
         preflight.release(lock)
         return False, None

@@ -62,7 +62,7 @@ function takeTokenFromUrl() {
 class Unauthorized extends Error {}
 
 async function api(method, path, body, revision) {
-  const headers = {};
+  const headers = { "X-GTM-Via": "console" }; // the operation log says a write came through the console
   if (token()) headers.Authorization = "Bearer " + token();
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (revision !== undefined) headers["If-Match"] = '"' + revision + '"';
@@ -198,7 +198,8 @@ async function showDomain(fqdn) {
       api("GET", path), api("GET", path + "/status"),
       api("GET", "/events?kind=switch&limit=20&domain=" + enc(fqdn)),
     ]);
-    if (gen === generation) drawDomain(domain, status, events.events, refresh);
+    const changes = await changeLog(domain); // the domain's and its pools' operations
+    if (gen === generation) drawDomain(domain, status, events.events, changes, refresh);
   });
   follow(fqdn, refresh);
   await refresh();
@@ -231,7 +232,13 @@ function setAddressMode(address, mode) {
   return (pool) => ({ addresses: pool.addresses.map((a) => (a.name === address ? { ...a, mode } : a)) });
 }
 
-function drawDomain(domain, status, switches, refresh) {
+async function changeLog(domain) {
+  const logs = await Promise.all([["domain", domain.name], ...domain.pools.map((ref) => ["pool", ref.pool])]
+    .map(([resource, name]) => api("GET", "/events?kind=operation&limit=10&resource=" + resource + "&name=" + enc(name))));
+  return logs.flatMap((l) => l.events).sort((a, b) => (a.at < b.at ? 1 : a.at > b.at ? -1 : 0)).slice(0, 10);
+}
+
+function drawDomain(domain, status, switches, changes, refresh) {
   const act = (path, change) => () => guarded(async () => {
     flash("");
     await changeResource(path, change);
@@ -266,7 +273,9 @@ function drawDomain(domain, status, switches, refresh) {
       setMode: (address, mode) => act("/pools/" + enc(ref.pool), setAddressMode(address, mode))(),
     }))),
     h("h2", {}, "Switch log"),
-    drawSwitches(switches));
+    drawSwitches(switches),
+    h("h2", {}, "Change log"),
+    drawChanges(changes));
 }
 
 function drawAnswer(domain, answer) {
@@ -320,6 +329,27 @@ function drawSwitches(events) {
       h("td", { class: "small nowrap" }, when(e.at)),
       h("td", { class: "nowrap" }, e.from_pool || "—"), h("td", { class: "nowrap" }, e.to_pool || "—"),
       h("td", {}, e.reason), h("td", { class: "mono" }, e.before.join(", ") + " → " + e.after.join(", "))))));
+}
+
+function shown(value) {
+  if (value === null || value === undefined) return "—";
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+function describeChange(c) {
+  const keys = ["added", "removed", "changed"].filter((k) => c[k]).map((k) => k + " " + c[k].join(", "));
+  return c.field + ": " + shown(c.before) + " → " + shown(c.after) + (keys.length ? " (" + keys.join("; ") + ")" : "");
+}
+
+function drawChanges(events) {
+  if (events.length === 0) return h("p", { id: "change-log", class: "muted" }, "No change recorded yet.");
+  return h("table", { id: "change-log", class: "grid" },
+    headRow(["At", "What", "Who", "Via", "Changes"]),
+    h("tbody", {}, events.map((e) => h("tr", {},
+      h("td", { class: "small nowrap" }, when(e.at)),
+      h("td", { class: "nowrap" }, e.method + " " + e.resource + " " + e.name),
+      h("td", { class: "nowrap" }, e.who || "—"), h("td", { class: "nowrap" }, e.via || "—"),
+      h("td", { class: "mono small" }, (e.changes || []).map(describeChange).join("; "))))));
 }
 
 // ---- start ---------------------------------------------------------------------------------------
