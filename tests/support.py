@@ -434,3 +434,16 @@ class Stack:
         """Wait until every edge answers exactly ``ip``; return when that happened."""
         wait_until(lambda: all(a == [ip] for a in self.answers()), timeout=timeout, step=0.01)
         return time.monotonic()
+
+
+async def config_client(settings: Any, *, wait_ready: bool = True) -> Any:
+    """The config service's app in-process behind an aiohttp TestClient (an async generator: one client)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from services.config.app import BACKEND, create_app
+
+    app = create_app(settings)
+    async with TestClient(TestServer(app)) as client:
+        if wait_ready:
+            await asyncio.wait_for(app[BACKEND].ready.wait(), 15)
+        yield client

@@ -7,7 +7,6 @@ refused document writes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,13 +14,13 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from nats.aio.client import Client as NatsClient
 
-from services.config.app import BACKEND, create_app
 from services.config.codec import MAX_BODY_BYTES
 from shared import subjects
 from shared.settings import ApiSettings, NatsSettings, Settings
+from tests.support import config_client
 
 Client = TestClient[web.Request, web.Application]
 
@@ -50,11 +49,7 @@ def created(kind: str, name: str) -> dict[str, Any]:
 CREATED = [created("pools", "Primary-DC"), created("pools", "Backup-DC"), created("domains", "www.example.com")]
 
 
-async def _client(settings: Settings) -> AsyncIterator[Client]:
-    app = create_app(settings)
-    async with TestClient(TestServer(app)) as client:
-        await asyncio.wait_for(app[BACKEND].ready.wait(), 15)
-        yield client
+_client = config_client
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client as NatsClient
 
 from services.config import security
-from services.config.app import BACKEND, create_app
+from services.config.app import create_app
 from services.config.audit import NAMES_MAX, Actor, acting, current_actor, diff
 from services.config.backend import Backend, nats_actor
 from services.config.views import EventsQuery, parse_events_query
@@ -32,7 +32,7 @@ from shared.bus import EVENTS_MAX_AGE_S
 from shared.messages import FieldChange, OperationEvent, encoder, event_decoder
 from shared.resources import Address, Pool
 from shared.settings import ApiSettings, NatsSettings, Settings, SettingsError, load
-from tests.support import Api, Service, free_port, until, wait_until
+from tests.support import Api, Service, config_client, free_port, until, wait_until
 from tests.test_console import browser  # noqa: F401 - the headless Chromium fixture
 
 Client = TestClient[web.Request, web.Application]
@@ -43,11 +43,7 @@ BOT = {"Authorization": "Bearer b0t:with:colons"}
 POOL = {"type": "ipv4", "addresses": [{"name": "a", "address": "192.0.2.1"}, {"name": "b", "address": "192.0.2.2"}]}
 
 
-async def _client(settings: Settings) -> AsyncIterator[Client]:
-    app = create_app(settings)
-    async with TestClient(TestServer(app)) as client:
-        await asyncio.wait_for(app[BACKEND].ready.wait(), 15)
-        yield client
+_client = config_client
 
 
 @pytest.fixture

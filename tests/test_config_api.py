@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -11,10 +10,9 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from nats.aio.client import Client as NatsClient
 
-from services.config.app import BACKEND, create_app
 from shared import subjects
 from shared.messages import (
     AddressState,
@@ -25,7 +23,7 @@ from shared.messages import (
     encoder,
 )
 from shared.settings import ApiSettings, NatsSettings, Settings
-from tests.support import Api, NatsServer, Service, free_port, until, wait_until
+from tests.support import Api, NatsServer, Service, config_client, free_port, until, wait_until
 
 POOL_V4 = {
     "type": "ipv4",
@@ -40,12 +38,7 @@ DOMAIN_A = {"record_type": "A", "pools": [{"pool": "Primary-DC"}]}
 Client = TestClient[web.Request, web.Application]
 
 
-async def _client(settings: Settings, *, wait_ready: bool = True) -> AsyncIterator[Client]:
-    app = create_app(settings)
-    async with TestClient(TestServer(app)) as client:
-        if wait_ready:
-            await asyncio.wait_for(app[BACKEND].ready.wait(), 15)
-        yield client
+_client = config_client
 
 
 @pytest.fixture

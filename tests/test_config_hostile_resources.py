@@ -17,25 +17,22 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from nats.aio.client import Client as NatsClient
 
-from services.config.app import BACKEND, create_app
+from services.config.app import BACKEND
 from services.config.security import browser_refusal
 from services.config.store import ConfigStore
 from services.config.validation import MAX_STORED_BYTES
 from shared import subjects
 from shared.settings import ApiSettings, NatsSettings, Settings
+from tests.support import config_client
 
 Client = TestClient[web.Request, web.Application]
 POOL = {"type": "ipv4", "addresses": [{"name": "a", "address": "192.0.2.1"}]}
 
 
-async def _client(settings: Settings) -> AsyncIterator[Client]:
-    app = create_app(settings)
-    async with TestClient(TestServer(app)) as client:
-        await asyncio.wait_for(app[BACKEND].ready.wait(), 15)
-        yield client
+_client = config_client
 
 
 @pytest.fixture

@@ -217,14 +217,8 @@ class ConfigStore:
 
     async def _raced(self, kind: Kind, name: str, if_match: str | None, body_revision: int | None) -> ApiError:
         """The error for a write another writer overtook: 412 when its precondition no longer holds, else 409."""
-        fresh = await self.find(kind, name)
-        check_preconditions(
-            if_match=if_match,
-            body_revision=body_revision,
-            current=fresh.revision if fresh else None,
-            what=kind.describe(name),
-            must_exist=False,
-        )  # raises precondition_failed for a stale If-Match or body revision
+        # raises precondition_failed for a stale If-Match or body revision
+        await checked_current(self, kind, name, if_match=if_match, body_revision=body_revision)
         return _concurrent(kind, name)
 
     async def _rewrite_pool(self, stored: Stored, new: Pool, *, template: str, actor: Actor | None) -> None:
