@@ -23,7 +23,7 @@ from services.config.codec import DOMAIN, POOL
 from services.config.errors import Unavailable, error_body
 from services.config.mirror import ConfigView
 from services.config.store import ConfigStore
-from services.config.views import EventLog, EventsQuery, ProbeTable, render_event, render_status
+from services.config.views import DomainStatus, EventLog, EventsQuery, ProbeTable, render_event, render_status
 from shared import bus, subjects
 from shared.messages import (
     Event,
@@ -124,7 +124,7 @@ class Backend:
             log.warning("bad_message", stream=stream, subject=subject, error=str(exc))
             return None
 
-    async def domain_status(self, fqdn: str) -> dict[str, Any]:
+    async def domain_status(self, fqdn: str) -> DomainStatus:
         """``GET /domains/{fqdn}/status``: config, published answer, pool states, probe results."""
         store = self.store
         domain = (await store.get(DOMAIN, fqdn)).resource

@@ -15,83 +15,23 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Struct
 
 from services.config.apply import DocumentRequest
 from services.config.codec import API_BASE, DOMAIN, KINDS, MANIFEST_KINDS, Kind
 from services.config.console import STATIC_FILES
 from services.config.errors import STATUS_FOR_CODE, ApiError, ErrorBody
-from services.config.views import EVENT_KINDS, MAX_LIMIT, EventsQuery
+from services.config.views import EVENT_KINDS, MAX_LIMIT, DomainStatus, EventsQuery
 from shared.messages import OperationEvent, SwitchEvent
-from shared.resources import NAME_RE, AddressMode
+from shared.resources import NAME_RE
 
 OPENAPI_PATH = f"{API_BASE}/openapi.json"
 REF = "#/components/schemas/{name}"
 EVENT_MESSAGES: dict[str, type[Struct]] = {"switch": SwitchEvent, "operation": OperationEvent}  # as render_event
 CONSOLE_FILES_TYPES = tuple(sorted({t.split(";")[0] for t in STATIC_FILES.values()}))
-DateTime = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]  # views.iso: RFC 3339, UTC
-
-# -- read models that views.py and apply.py still build as dicts ----------------------------------------
-# They belong beside the render functions, which would then build them; until then schemathesis checks
-# every real response against them (tests/test_openapi.py), so a drift fails the suite.
-
-
-class CheckView(Struct, kw_only=True, frozen=True):
-    """The latest result of one prober for one address."""
-
-    region: str
-    prober: str
-    ok: bool
-    rtt_ms: float | None
-    error: str
-    at: DateTime
-
-
-class AddressStatus(Struct, kw_only=True, frozen=True):
-    """One address of a pool's status: config, the scheduler's view (null until it publishes) and checks."""
-
-    name: str
-    address: str
-    available: bool | None
-    mode: AddressMode
-    region: str
-    waiting: str | None
-    warming: bool | None
-    checks: list[CheckView]
-
-
-class PoolStatus(Struct, kw_only=True, frozen=True):
-    """One pool of a domain's status."""
-
-    name: str
-    available: bool | None
-    warming: bool | None
-    region: str
-    addresses: list[AddressStatus]
-
-
-class AnswerView(Struct, kw_only=True, frozen=True):
-    """The answer the edges serve for a domain."""
-
-    pool: str
-    records: list[str]
-    ttl: int
-    fallback: bool
-    published_at: DateTime | None
-
-
-class DomainStatus(Struct, kw_only=True, frozen=True):
-    """``GET /domains/{fqdn}/status``: the answer served and why."""
-
-    domain: str
-    enabled: bool
-    status: Literal["disabled", "warming", "active"]
-    answer: AnswerView | None
-    pools: list[PoolStatus]
-
 
 class FieldReset(Struct, kw_only=True, frozen=True):
     """A field the document leaves out whose live value is not the default: the update resets it."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, Struct
 
 from services.config.errors import InvalidArgument
 from shared import subjects
 from shared.messages import AnswerSet, Event, FieldChange, OperationEvent, PoolState, ProbeResult, SwitchEvent
-from shared.resources import RESOURCE_KINDS, Domain, Pool
+from shared.resources import RESOURCE_KINDS, AddressMode, Domain, Pool
 
 EVENT_KINDS = ("switch", "operation")
 RESOURCES = tuple(k.resource for k in RESOURCE_KINDS)  # what ?resource= may say
@@ -208,34 +210,92 @@ class ProbeTable:
         return [r for _, r in sorted(self._latest.get(key, {}).items())]
 
 
-def render_check(result: ProbeResult) -> dict[str, Any]:
+DateTime = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]  # iso(): RFC 3339, UTC
+
+
+
+class CheckView(Struct, kw_only=True, frozen=True):
+    """The latest result of one prober for one address."""
+
+    region: str
+    prober: str
+    ok: bool
+    rtt_ms: float | None
+    error: str
+    at: DateTime
+
+
+class AddressStatus(Struct, kw_only=True, frozen=True):
+    """One address of a pool's status: config, the scheduler's view (null until it publishes) and checks."""
+
+    name: str
+    address: str
+    available: bool | None
+    mode: AddressMode
+    region: str
+    waiting: str | None
+    warming: bool | None
+    checks: list[CheckView]
+
+
+class PoolStatus(Struct, kw_only=True, frozen=True):
+    """One pool of a domain's status."""
+
+    name: str
+    available: bool | None
+    warming: bool | None
+    region: str
+    addresses: list[AddressStatus]
+
+
+class AnswerView(Struct, kw_only=True, frozen=True):
+    """The answer the edges serve for a domain."""
+
+    pool: str
+    records: list[str]
+    ttl: int
+    fallback: bool
+    published_at: DateTime | None
+
+
+class DomainStatus(Struct, kw_only=True, frozen=True):
+    """``GET /domains/{fqdn}/status``: the answer served and why."""
+
+    domain: str
+    enabled: bool
+    status: Literal["disabled", "warming", "active"]
+    answer: AnswerView | None
+    pools: list[PoolStatus]
+
+
+def render_check(result: ProbeResult) -> CheckView:
     """The API view of one probe result."""
-    return {
-        "region": result.region,
-        "prober": result.prober,
-        "ok": result.ok,
-        "rtt_ms": result.rtt_ms,
-        "error": result.error,
-        "at": iso(result.at),
-    }
+    return CheckView(
+        region=result.region,
+        prober=result.prober,
+        ok=result.ok,
+        rtt_ms=result.rtt_ms,
+        error=result.error,
+        at=iso(result.at),
+    )
 
 
-def render_answer(answer: AnswerSet | None) -> dict[str, Any] | None:
+def render_answer(answer: AnswerSet | None) -> AnswerView | None:
     """The API view of a published answer (None before the first one, or after a tombstone)."""
     if answer is None or answer.deleted:
         return None
-    return {
-        "pool": answer.pool,
-        "records": list(answer.records),
-        "ttl": answer.ttl,
-        "fallback": answer.fallback,
-        "published_at": iso(answer.published_at) if answer.published_at else None,
-    }
+    return AnswerView(
+        pool=answer.pool,
+        records=list(answer.records),
+        ttl=answer.ttl,
+        fallback=answer.fallback,
+        published_at=iso(answer.published_at) if answer.published_at else None,
+    )
 
 
 def render_pool_status(
     name: str, pool: Pool | None, state: PoolState | None, probes: ProbeTable
-) -> dict[str, Any]:
+) -> PoolStatus:
     """One pool of a domain's status: availability from the scheduler, addresses from config.
 
     What the scheduler says (``available``, ``waiting``, ``warming``) is null until it has
@@ -246,27 +306,29 @@ def render_pool_status(
     for addr in pool.addresses if pool else []:
         seen = states.get(addr.name)
         addresses.append(
-            {
-                "name": addr.name,
-                "address": addr.address,
-                "available": seen.available if seen else None,
-                "mode": addr.mode,
-                "region": addr.region,
-                "waiting": seen.waiting if seen else None,
-                "warming": seen.warming if seen else None,
-                "checks": [render_check(r) for r in probes.checks(subjects.address_key(name, addr.name))],
-            }
+            AddressStatus(
+                name=addr.name,
+                address=addr.address,
+                available=seen.available if seen else None,
+                mode=addr.mode,
+                region=addr.region,
+                waiting=seen.waiting if seen else None,
+                warming=seen.warming if seen else None,
+                checks=[render_check(r) for r in probes.checks(subjects.address_key(name, addr.name))],
+            )
         )
-    return {
-        "name": name,
-        "available": state.available if state else None,
-        "warming": state.warming if state else None,
-        "region": pool.region if pool else "",
-        "addresses": addresses,
-    }
+    return PoolStatus(
+        name=name,
+        available=state.available if state else None,
+        warming=state.warming if state else None,
+        region=pool.region if pool else "",
+        addresses=addresses,
+    )
 
 
-def domain_phase(domain: Domain, answer: AnswerSet | None, states: list[PoolState | None]) -> str:
+def domain_phase(
+    domain: Domain, answer: AnswerSet | None, states: list[PoolState | None]
+) -> Literal["disabled", "warming", "active"]:
     """``disabled``; ``warming`` while enabled but its first answer is not out (or a pool warms); else ``active``."""
     if not domain.enabled:
         return "disabled"
@@ -280,12 +342,13 @@ def render_status(
     answer: AnswerSet | None,
     pools: list[tuple[str, Pool | None, PoolState | None]],
     probes: ProbeTable,
-) -> dict[str, Any]:
+) -> DomainStatus:
     """``GET /domains/{fqdn}/status``: the answer served and why."""
-    return {
-        "domain": domain.name,
-        "enabled": domain.enabled,
-        "status": domain_phase(domain, answer, [state for _, _, state in pools]),
-        "answer": render_answer(answer),
-        "pools": [render_pool_status(name, pool, state, probes) for name, pool, state in pools],
-    }
+    assert domain.name is not None
+    return DomainStatus(
+        domain=domain.name,
+        enabled=domain.enabled,
+        status=domain_phase(domain, answer, [state for _, _, state in pools]),
+        answer=render_answer(answer),
+        pools=[render_pool_status(name, pool, state, probes) for name, pool, state in pools],
+    )
