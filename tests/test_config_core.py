@@ -383,7 +383,7 @@ def test_status_combines_config_answer_pool_state_and_probes() -> None:
                        records=["192.0.2.1"], published_at=1.0)
     table = ProbeTable()
     table.add(_probe())
-    status = render_status(domain, answer, [("Primary-DC", pool, state), ("Backup-DC", None, None)], table)
+    status = msgspec.to_builtins(render_status(domain, answer, [("Primary-DC", pool, state), ("Backup-DC", None, None)], table))
     assert status == {
         "domain": "www.example.com",
         "enabled": True,
@@ -406,9 +406,9 @@ def test_status_combines_config_answer_pool_state_and_probes() -> None:
 
 def test_status_answer_is_null_before_the_first_answer_and_after_a_tombstone() -> None:
     domain = Domain(record_type="A", name="www.example.com")
-    assert render_status(domain, None, [], ProbeTable())["answer"] is None
+    assert render_status(domain, None, [], ProbeTable()).answer is None
     tomb = AnswerSet(domain="www.example.com", enabled=False, record_type="A", deleted=True)
-    assert render_status(domain, tomb, [], ProbeTable())["answer"] is None
+    assert render_status(domain, tomb, [], ProbeTable()).answer is None
 
 
 # -- listen policy and tokens -----------------------------------------------------------
