@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -50,11 +50,14 @@ class Reset:
                 "  (not in the document, changed outside it: reset to the default)")
 
 
+Action = Literal["create", "update", "delete"]
+
+
 @dataclass(frozen=True)
 class Change:
     """One step of a plan: ``create``, ``update`` or ``delete`` a resource."""
 
-    action: str
+    action: Action
     kind: str
     name: str
     body: dict[str, Any] | None

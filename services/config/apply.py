@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import structlog
@@ -72,6 +72,31 @@ class ApplyRequest(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
     path: str
     body: msgspec.Raw = msgspec.Raw(b"")
     if_match: str | None = None
+
+
+class FieldReset(Struct, kw_only=True, frozen=True):
+    """A field the document leaves out whose live value is not the default: the update resets it."""
+
+    field: str
+    from_: Any = msgspec.field(name="from")
+    to: Any
+
+
+class PlannedChange(Struct, kw_only=True, frozen=True):
+    """One change of an applied (or dry-run) document."""
+
+    action: Literal["create", "update", "delete"]
+    kind: str
+    name: str
+    diff: str
+    resets: list[FieldReset]
+
+
+class ApplyResult(Struct, kw_only=True, frozen=True):
+    """``POST /apply``: the changes made (or, with ``dry_run``, that would be made)."""
+
+    changes: list[PlannedChange]
+    dry_run: bool
 
 
 class ApplyReply(Struct, kw_only=True, frozen=True):
@@ -203,7 +228,7 @@ async def apply_document(store: ConfigStore, req: DocumentRequest) -> ApplyReply
     except NATS_ERRORS as exc:
         return _refused(nats_unavailable(exc))
     if req.dry_run:
-        return ApplyReply(status=200, body={"changes": _planned(changes), "dry_run": True})
+        return ApplyReply(status=200, body=_planned(changes, dry_run=True))
     applied: list[manifest.Change] = []
     try:
         for change in changes:
@@ -213,7 +238,7 @@ async def apply_document(store: ConfigStore, req: DocumentRequest) -> ApplyReply
         return _refused(exc, applied=applied)
     except NATS_ERRORS as exc:
         return _refused(nats_unavailable(exc), applied=applied)
-    return ApplyReply(status=200, body={"changes": _planned(changes), "dry_run": False})
+    return ApplyReply(status=200, body=_planned(changes, dry_run=False))
 
 
 def _refused(exc: ApiError, *, applied: list[manifest.Change] | None = None) -> ApplyReply:
@@ -332,15 +357,16 @@ def _listed(changes: list[manifest.Change]) -> list[dict[str, str]]:
     return [{"action": c.action, "kind": c.kind, "name": c.name} for c in changes]
 
 
-def _planned(changes: list[manifest.Change]) -> list[dict[str, Any]]:
-    """The changes of a reply: what, the diff of an update, and the fields it resets."""
-    return [
-        {
-            "action": c.action,
-            "kind": c.kind,
-            "name": c.name,
-            "diff": c.diff,
-            "resets": [{"field": r.field, "from": r.current, "to": r.default} for r in c.resets],
-        }
+def _planned(changes: list[manifest.Change], *, dry_run: bool) -> ApplyResult:
+    """The reply to a document: each change, the diff of an update, and the fields it resets."""
+    planned = [
+        PlannedChange(
+            action=c.action,
+            kind=c.kind,
+            name=c.name,
+            diff=c.diff,
+            resets=[FieldReset(field=r.field, from_=r.current, to=r.default) for r in c.resets],
+        )
         for c in changes
     ]
+    return ApplyResult(changes=planned, dry_run=dry_run)

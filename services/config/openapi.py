@@ -20,7 +20,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import Struct
 
-from services.config.apply import DocumentRequest
+from services.config.apply import ApplyResult, DocumentRequest
 from services.config.codec import API_BASE, DOMAIN, KINDS, MANIFEST_KINDS, Kind
 from services.config.console import STATIC_FILES
 from services.config.errors import STATUS_FOR_CODE, ApiError, ErrorBody
@@ -32,31 +32,6 @@ OPENAPI_PATH = f"{API_BASE}/openapi.json"
 REF = "#/components/schemas/{name}"
 EVENT_MESSAGES: dict[str, type[Struct]] = {"switch": SwitchEvent, "operation": OperationEvent}  # as render_event
 CONSOLE_FILES_TYPES = tuple(sorted({t.split(";")[0] for t in STATIC_FILES.values()}))
-
-class FieldReset(Struct, kw_only=True, frozen=True):
-    """A field the document leaves out whose live value is not the default: the update resets it."""
-
-    field: str
-    from_: Any = msgspec.field(name="from")
-    to: Any
-
-
-class PlannedChange(Struct, kw_only=True, frozen=True):
-    """One change of an applied (or dry-run) document."""
-
-    action: Literal["create", "update", "delete"]
-    kind: str
-    name: str
-    diff: str
-    resets: list[FieldReset]
-
-
-class ApplyResult(Struct, kw_only=True, frozen=True):
-    """``POST /apply``: the changes made (or, with ``dry_run``, that would be made)."""
-
-    changes: list[PlannedChange]
-    dry_run: bool
-
 
 class Health(Struct, kw_only=True, frozen=True):
     """``GET /healthz``."""
