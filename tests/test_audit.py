@@ -419,6 +419,7 @@ def test_a_console_click_is_recorded_as_via_console_and_shown(nats_url: str, log
         browser.get(f"http://127.0.0.1:{port}/?token=al1ce-secret#/domains/www.example.com")
         wait.until(lambda d: d.find_element(By.ID, "domain-enabled").text == "disabled")
         wait.until(lambda d: d.find_element(By.ID, "toggle-enabled").click() or True)
+        wait.until(lambda d: d.find_element(By.ID, "confirm-ok").click() or True)  # the review, then enable
 
         def newest() -> dict[str, Any] | None:
             status, body = api.request("GET", "/events?resource=domain&name=www.example.com&limit=1", headers=ALICE)

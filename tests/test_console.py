@@ -365,20 +365,17 @@ def _screens(tmp_path: Path) -> Path:
     return out
 
 
-def test_console_walkthrough_failover_turns_primary_red_and_changes_answer_live(
+def test_console_walkthrough_from_an_empty_stack_creates_reviews_enables_and_follows_a_failover(
     stack: Stack, backends: tuple[HttpBackend, HttpBackend], browser: Any, tmp_path: Path
 ) -> None:
+    """The GTM 3.0 guide clicked through: pools with addresses and checks, the domain, review, enable, failover."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     primary, _ = backends
     stack.start()
-    api = stack.api
-    assert api.put("/pools/Primary-DC", _pool("Primary-Server-01", PRIMARY_IP, primary.port))[0] == 201
-    assert api.put("/pools/Backup-DC", _pool("Backup-Server-01", BACKUP_IP, primary.port))[0] == 201
-    pools = [{"pool": "Primary-DC", "sequence": 1}, {"pool": "Backup-DC", "sequence": 2}]
-    assert api.put(f"/domains/{DOMAIN}", {"record_type": "A", "ttl": 60, "pools": pools})[0] == 201
+    api = stack.api  # read only: every write below is made by clicking in the console
     screens = _screens(tmp_path)
     # The page redraws itself on every live event: read it in one script call, retry actions on a redraw.
     wait = WebDriverWait(browser, 20, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
@@ -386,6 +383,10 @@ def test_console_walkthrough_failover_turns_primary_red_and_changes_answer_live(
     def text(css: str) -> str:
         script = "const e = document.querySelector(arguments[0]); return e && e.innerText;"
         return str(browser.execute_script(script, css))
+
+    def shown(css: str) -> bool:
+        script = "const e = document.querySelector(arguments[0]); return !!e && e.getClientRects().length > 0;"
+        return bool(browser.execute_script(script, css))
 
     def health(address: str) -> str:
         script = "const e = document.querySelector(arguments[0]); return e && e.dataset.health;"
@@ -398,26 +399,92 @@ def test_console_walkthrough_failover_turns_primary_red_and_changes_answer_live(
     def act(action: Any) -> None:
         wait.until(lambda d: action() or True)  # retried while the element is redrawn under our feet
 
+    def serving() -> list[str]:
+        """The diagram's marked pool and addresses."""
+        script = "return [...document.querySelectorAll('#diagram [data-serving]')].map(e => e.dataset.pool || e.dataset.address);"
+        return list(browser.execute_script(script))
+
     def click(by: str, value: str) -> None:
         act(lambda: browser.find_element(by, value).click())
 
-    def select(css: str, value: str) -> None:
-        act(lambda: Select(browser.find_element(By.CSS_SELECTOR, css)).select_by_value(value))
+    def css(value: str) -> None:
+        click(By.CSS_SELECTOR, value)
 
-    # The domains page lists the new domain, disabled; its link opens the domain page.
+    def select(selector: str, value: str) -> None:
+        act(lambda: Select(browser.find_element(By.CSS_SELECTOR, selector)).select_by_value(value))
+
+    def fill(path: str, value: str) -> None:
+        def typed() -> None:
+            element = browser.find_element(By.CSS_SELECTOR, f'[data-field="{path}"]')
+            element.clear()
+            element.send_keys(value)
+        act(typed)
+
+    def create_pool(name: str, server: str, ip: str, port: int) -> None:
+        click(By.LINK_TEXT, "Address pools")
+        css("#new-pool")
+        wait.until(lambda d: shown("#pool-form"))
+        fill("name", name)
+        fill("addresses[0].name", server)
+        fill("addresses[0].address", ip)
+        for path, value in (("port", str(port)), ("interval_s", "1"), ("timeout_s", "0.5"), ("failures", "1"),
+                            ("successes", "1")):
+            fill(f"addresses[0].health_check.{path}", value)
+        css("#save")
+        wait.until(lambda d: text(f'#pools-list tr[data-pool="{name}"]') not in ("None", ""))
+
+    # An empty stack: the console says what to do next.
     browser.get(f"http://127.0.0.1:{stack.api_port}/")
-    wait.until(lambda d: text(f'tr[data-domain="{DOMAIN}"] .badge') == "disabled")
-    click(By.LINK_TEXT, DOMAIN)
+    wait.until(lambda d: "No access domain yet" in text("main"))
+    browser.save_screenshot(str(screens / "console-empty.png"))
+
+    # A pool with a bad address: the API's error lands beside that field and nothing is created.
+    click(By.LINK_TEXT, "Address pools")
+    css("#new-pool")
+    fill("name", "Primary-DC")
+    fill("addresses[0].name", "Primary-Server-01")
+    fill("addresses[0].address", "not-an-ip")
+    css("#save")
+    error = '[data-for="addresses[0].address"] .field-error'
+    wait.until(lambda d: shown(error) and text(error) != "")
+    assert api.get("/pools/Primary-DC")[0] == 404
+    browser.save_screenshot(str(screens / "console-field-error.png"))
+
+    # Steps 1-3 of the guide: the two pools, each with an address and its HTTP health check.
+    create_pool("Primary-DC", "Primary-Server-01", PRIMARY_IP, primary.port)
+    create_pool("Backup-DC", "Backup-Server-01", BACKUP_IP, primary.port)
+    check = api.get("/pools/Primary-DC")[1]["addresses"][0]["health_check"]
+    assert (check["protocol"], check["port"], check["interval_s"], check["failures"]) == ("http", primary.port, 1, 1)
+
+    # Steps 4-5: the access domain with both pools in sequence; it starts disabled.
+    click(By.LINK_TEXT, "Access domains")
+    css("#new-domain")
+    fill("name", DOMAIN)
+    fill("ttl", "60")
+    select('[data-field="pools[0].pool"]', "Primary-DC")
+    css("#add-pool")
+    select('[data-field="pools[1].pool"]', "Backup-DC")
+    css("#save")
     wait.until(lambda d: text("#domain-enabled") == "disabled")
     assert pool_order() == ["Primary-DC", "Backup-DC"]
+    got = api.get(f"/domains/{DOMAIN}")[1]
+    assert (got["ttl"], got["enabled"], [(p["pool"], p["sequence"]) for p in got["pools"]]) == (
+        60, False, [("Primary-DC", 1), ("Backup-DC", 2)])
 
-    # Enable it in the UI: the primary answers and both addresses turn green.
-    click(By.ID, "toggle-enabled")
+    # Step 6: Enable shows a review first; Cancel leaves it disabled, confirming enables it.
+    wait.until(lambda d: health("Primary-Server-01") == "green" and health("Backup-Server-01") == "green")
+    css("#toggle-enabled")
+    wait.until(lambda d: shown("#confirm #review") and "Primary-DC" in text("#review"))
+    browser.save_screenshot(str(screens / "console-review.png"))
+    css("#confirm-cancel")
+    assert api.get(f"/domains/{DOMAIN}")[1]["enabled"] is False
+    css("#toggle-enabled")
+    css("#confirm-ok")
     wait.until(lambda d: text("#domain-enabled") == "enabled")
     wait.until(lambda d: text("#answer-pool") == "Primary-DC" and text("#answer-records") == PRIMARY_IP)
-    wait.until(lambda d: health("Primary-Server-01") == "green" and health("Backup-Server-01") == "green")
     assert api.get(f"/domains/{DOMAIN}")[1]["enabled"] is True
-    assert "ok" in text('tr[data-address="Primary-Server-01"] table.checks')
+    wait.until(lambda d: serving() == ["Primary-DC", "Primary-Server-01"])
+    wait.until(lambda d: "ok" in text('tr[data-address="Primary-Server-01"] table.checks'))
     browser.save_screenshot(str(screens / "console-domain-healthy.png"))
 
     click(By.LINK_TEXT, "← Access domains")
@@ -432,10 +499,29 @@ def test_console_walkthrough_failover_turns_primary_red_and_changes_answer_live(
     wait.until(lambda d: health("Primary-Server-01") == "red")
     wait.until(lambda d: text("#answer-pool") == "Backup-DC" and text("#answer-records") == BACKUP_IP)
     wait.until(lambda d: "Primary-DC unavailable" in text("#switch-log"))
+    wait.until(lambda d: serving() == ["Backup-DC", "Backup-Server-01"])
+    assert browser.execute_script(
+        "return document.querySelector('#diagram [data-address=\"Primary-Server-01\"]').dataset.health;") == "red"
     wait.until(lambda d: "connection refused" in text('tr[data-address="Primary-Server-01"] table.checks'))
     assert browser.execute_script("return window.notReloaded;") is True
     assert text("#live") == "live"
     browser.save_screenshot(str(screens / "console-domain-failover.png"))
+    browser.set_window_size(420, 1000)  # a phone: the page fits, the tables scroll inside themselves
+    wait.until(lambda d: d.execute_script("return document.documentElement.scrollWidth <= window.innerWidth;"))
+    browser.save_screenshot(str(screens / "console-domain-420px.png"))
+    browser.set_window_size(1100, 1000)
+
+    # The last available address made manual_unavailable: the console asks; Cancel changes nothing.
+    select('tr[data-address="Backup-Server-01"] select.mode', "manual_unavailable")
+    wait.until(lambda d: shown("#confirm") and "last available address" in text("#confirm"))
+    css("#confirm-cancel")
+    assert api.get("/pools/Backup-DC")[1]["addresses"][0]["mode"] == "auto"
+
+    # Disable asks too; Cancel keeps it enabled.
+    css("#toggle-enabled")
+    wait.until(lambda d: shown("#confirm") and "REFUSED" in text("#confirm"))
+    css("#confirm-cancel")
+    assert api.get(f"/domains/{DOMAIN}")[1]["enabled"] is True
 
     # Sequence mode switched in the UI is what the API says.
     select("#sequence-mode", "non_preemptive")
@@ -443,7 +529,7 @@ def test_console_walkthrough_failover_turns_primary_red_and_changes_answer_live(
     wait.until(lambda d: d.execute_script("return document.getElementById('sequence-mode').value") == "non_preemptive")
 
     # Reorder: the backup moves up, written as the pools' sequence.
-    click(By.CSS_SELECTOR, 'article[data-pool="Backup-DC"] button[data-action="up"]')
+    css('article[data-pool="Backup-DC"] button[data-action="up"]')
     wait.until(lambda d: pool_order() == ["Backup-DC", "Primary-DC"])
     got = sorted(api.get(f"/domains/{DOMAIN}")[1]["pools"], key=lambda p: p["sequence"])
     assert [(p["pool"], p["sequence"]) for p in got] == [("Backup-DC", 1), ("Primary-DC", 2)]
@@ -454,8 +540,22 @@ def test_console_walkthrough_failover_turns_primary_red_and_changes_answer_live(
     assert api.get("/pools/Primary-DC")[1]["addresses"][0]["mode"] == "manual_available"
     assert browser.execute_script("return window.notReloaded;") is True
 
-    # The config service stops cleanly even with the browser's stream open.
+    # Delete asks and says what follows; the deleted domain's page is a not-found page, nothing else.
+    css("#delete-domain")
+    wait.until(lambda d: shown("#confirm") and "REFUSED" in text("#confirm"))
+    css("#confirm-ok")
+    wait.until(lambda d: "No access domain yet" in text("main"))
+    assert api.get(f"/domains/{DOMAIN}")[0] == 404
+    browser.execute_script("location.hash = arguments[0];", f"#/domains/{DOMAIN}")
+    wait.until(lambda d: shown("#not-found"))
+    assert not browser.find_elements(By.ID, "toggle-enabled") and not browser.find_elements(By.ID, "pools")
+
+    # The config service stops cleanly even with the browser's stream open; then the console says the API is down.
     assert all(code == 0 for code in stack.stop())
+    browser.execute_script("location.hash = '#/pools';")
+    wait.until(lambda d: shown("#api-down"))
+    assert browser.execute_script("return document.getElementById('main').inert;") is True
+    assert "Failed to fetch" not in text("body")
 
 
 def test_console_takes_the_token_from_the_url_or_the_login_field(nats_url: str, log_dir: Path, browser: Any) -> None:
@@ -491,5 +591,12 @@ def test_console_takes_the_token_from_the_url_or_the_login_field(nats_url: str, 
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, listed))
         wait.until(lambda d: d.find_element(By.ID, "live").text == "live")
         assert not browser.find_element(By.ID, "login").is_displayed()
+
+        # A wrong token: the console says so instead of "Loading…" for ever.
+        browser.execute_script("sessionStorage.setItem('gtm-token', 'wrong');")
+        browser.refresh()
+        wait.until(lambda d: d.find_element(By.ID, "login").is_displayed())
+        wait.until(lambda d: "refused" in d.find_element(By.ID, "main").text)
+        assert "Loading" not in browser.find_element(By.ID, "main").text
     finally:
         assert config.stop() == 0

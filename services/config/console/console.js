@@ -26,8 +26,8 @@ function h(tag, attrs, ...children) {
 
 const $ = (id) => document.getElementById(id);
 
-function flash(message) {
-  $("flash").textContent = message || "";
+function flash(message, ...extra) {
+  $("flash").replaceChildren(message || "", ...extra);
   $("flash").hidden = !message;
 }
 
@@ -61,20 +61,48 @@ function takeTokenFromUrl() {
 
 class Unauthorized extends Error {}
 
+// An API error: its HTTP status and the error body's code and field (e.g. "addresses[0].address").
+class ApiError extends Error {
+  constructor(status, error) {
+    super((error && error.message) || "HTTP " + status);
+    this.status = status;
+    this.code = (error && error.code) || "";
+    this.field = (error && error.field) || "";
+  }
+}
+
+class ApiDown extends Error {}
+
+function apiDown(down) {
+  $("api-down").hidden = !down;
+  $("main").inert = down; // every action is disabled while the API cannot be reached
+  if (down && !apiDown.timer) apiDown.timer = setInterval(() => route(true), 3000);
+  if (!down && apiDown.timer) { clearInterval(apiDown.timer); apiDown.timer = null; }
+}
+
 async function api(method, path, body, revision) {
   const headers = { "X-GTM-Via": "console" }; // the operation log says a write came through the console
   if (token()) headers.Authorization = "Bearer " + token();
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (revision !== undefined) headers["If-Match"] = '"' + revision + '"';
-  const resp = await fetch(API + path, {
-    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  let resp;
+  try {
+    resp = await fetch(API + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (err) {
+    apiDown(true);
+    throw new ApiDown("The API cannot be reached: is the config service running?");
+  }
   const data = resp.status === 204 ? null : await resp.json().catch(() => null);
+  if (resp.status >= 502 && resp.status <= 504) { apiDown(true); throw new ApiDown("The API cannot be reached"); }
+  apiDown(false);
   if (resp.status === 401) {
     $("login").hidden = false;
+    $("login-why").textContent = token() ? "The API refused this token: enter the right one." : "The API needs a token.";
+    $("main").replaceChildren(h("p", { id: "need-token", class: "muted" },
+      token() ? "The API token was refused (401): enter the right one above." : "Enter the API token above to continue."));
     throw new Unauthorized("an API token is needed");
   }
-  if (!resp.ok) throw new Error((data && data.error && data.error.message) || resp.status + " " + resp.statusText);
+  if (!resp.ok) throw new ApiError(resp.status, data && data.error);
   return data;
 }
 
@@ -119,8 +147,18 @@ async function guarded(draw) {
   try {
     await draw();
   } catch (err) {
-    if (!(err instanceof Unauthorized)) flash(err.message);
+    showError(err);
   }
+}
+
+function showError(err) {
+  if (err instanceof Unauthorized || err instanceof ApiDown) return;
+  if (err instanceof ApiError && err.status === 412) {
+    flash("Someone changed this meanwhile (412): your change was not saved.",
+      h("button", { type: "button", id: "reload", onclick: () => route() }, "Reload"));
+    return;
+  }
+  flash(err.message);
 }
 
 // ---- health indicators ---------------------------------------------------------------------------
@@ -154,6 +192,25 @@ function dot([color, text]) {
   return h("span", { class: "dot " + color, "data-health": color, title: text, role: "img", "aria-label": text });
 }
 
+// A live redraw replaces the page: the keyboard focus goes back to the same control in the new page.
+function focusKey(el) {
+  if (!el || el === document.body || !$("main").contains(el)) return null;
+  if (el.id) return "#" + CSS.escape(el.id);
+  const owner = el.closest("[data-address], [data-pool], [data-domain]");
+  if (!owner) return null;
+  const attr = ["address", "pool", "domain"].find((k) => owner.dataset[k] !== undefined);
+  const own = el.dataset.action ? '[data-action="' + el.dataset.action + '"]' : el.className ? "." + el.className.split(" ")[0] : "";
+  return "[data-" + attr + '="' + CSS.escape(owner.dataset[attr]) + '"] ' + el.tagName.toLowerCase() + own;
+}
+
+function keepFocus(draw) {
+  const key = focusKey(document.activeElement);
+  draw();
+  if (!key) return;
+  const again = $("main").querySelector(key);
+  if (again) again.focus();
+}
+
 // ---- domains page --------------------------------------------------------------------------------
 
 async function showDomains() {
@@ -161,7 +218,7 @@ async function showDomains() {
   const refresh = () => guarded(async () => {
     const { domains } = await api("GET", "/domains");
     const statuses = await Promise.all(domains.map((d) => api("GET", "/domains/" + enc(d.name) + "/status")));
-    if (gen === generation) drawDomains(domains, statuses);
+    if (gen === generation) keepFocus(() => drawDomains(domains, statuses));
   });
   follow("", refresh);
   await refresh();
@@ -180,9 +237,12 @@ function drawDomains(domains, statuses) {
       h("td", { class: "answer-records mono" }, answer ? answer.records.join(", ") : ""));
   });
   $("main").replaceChildren(
-    h("h1", {}, "Access domains"),
+    h("div", { class: "title-row" }, h("h1", {}, "Access domains"),
+      h("a", { class: "button primary", id: "new-domain", href: "#/domains/new" }, "New access domain")),
     domains.length === 0
-      ? h("p", { class: "muted" }, "No access domain yet: create one with PUT /api/v1/domains/{fqdn} or gtmctl apply.")
+      ? h("div", { class: "empty" }, h("p", {}, "No access domain yet. Create address pools (with their addresses and health checks), then an access domain that answers from them in order."),
+        h("a", { class: "button primary", href: "#/pools/new" }, "Create an address pool"), " ",
+        h("a", { class: "button", href: "#/domains/new" }, "Create an access domain"))
       : h("table", { id: "domains", class: "grid" },
         headRow(["Domain", "State", "Type", "Strategy", "Answer pool", "Records"]),
         h("tbody", {}, rows)));
@@ -194,14 +254,25 @@ async function showDomain(fqdn) {
   const gen = generation;
   const refresh = () => guarded(async () => {
     const path = "/domains/" + enc(fqdn);
-    const [domain, status, events] = await Promise.all([
-      api("GET", path), api("GET", path + "/status"),
-      api("GET", "/events?kind=switch&limit=20&domain=" + enc(fqdn)),
-    ]);
+    let domain, status, events;
+    try {
+      [domain, status, events] = await Promise.all([
+        api("GET", path), api("GET", path + "/status"),
+        api("GET", "/events?kind=switch&limit=20&domain=" + enc(fqdn)),
+      ]);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) {
+        if (gen === generation) { clearInterval(ticker); notFound("access domain", fqdn, "#/"); }
+        return;
+      }
+      throw err;
+    }
     const changes = await changeLog(domain); // the domain's and its pools' operations
-    if (gen === generation) drawDomain(domain, status, events.events, changes, refresh);
+    if (gen === generation) keepFocus(() => drawDomain(domain, status, events.events, changes, refresh));
   });
   follow(fqdn, refresh);
+  // Checks are pushed only when their outcome changes: a periodic re-read keeps their times fresh.
+  const ticker = setInterval(() => { if (gen !== generation) clearInterval(ticker); else if (!document.hidden) refresh(); }, 5000);
   await refresh();
 }
 
@@ -239,10 +310,33 @@ async function changeLog(domain) {
 }
 
 function drawDomain(domain, status, switches, changes, refresh) {
-  const act = (path, change) => () => guarded(async () => {
+  const act = (path, change, confirm) => () => guarded(async () => {
     flash("");
+    if (confirm && !(await confirm())) { await refresh(); return; }
     await changeResource(path, change);
     await refresh();
+  });
+  const availableElsewhere = (pool, address) => status.pools.some((p) => p.addresses.some((a) =>
+    !(p.name === pool && a.name === address) && a.available !== false && a.mode !== "manual_unavailable"));
+  const confirmMode = (pool, address, mode) => async () => {
+    if (mode !== "manual_unavailable" || availableElsewhere(pool, address)) return true;
+    return ask("Take " + address + " out of service?", h("p", {},
+      "It is the last available address of " + domain.name + ": no pool stays available, and the edges fall back " +
+      "to answering the first enabled pool's addresses, unchecked."), "Make it unavailable");
+  };
+  const toggle = async () => {
+    if (domain.enabled) {
+      return ask("Disable " + domain.name + "?", h("p", {},
+        "The DNS edges stop answering this name (REFUSED) as soon as you confirm."), "Disable domain");
+    }
+    return ask("Enable " + domain.name + "?", review(domain, status), "Enable domain");
+  };
+  const remove = () => guarded(async () => {
+    const body = h("p", {}, "The edges stop answering " + domain.name + " (REFUSED) and its settings are deleted. " +
+      "Its pools stay.");
+    if (!(await ask("Delete " + domain.name + "?", body, "Delete domain"))) return;
+    await api("DELETE", path, undefined, domain.revision);
+    location.hash = "#/";
   });
   const path = "/domains/" + enc(domain.name);
   const answer = status.answer;
@@ -261,21 +355,77 @@ function drawDomain(domain, status, switches, changes, refresh) {
         h("dt", {}, "Strategy"), h("dd", {}, domain.lb_strategy),
         h("dt", {}, "Answer"), h("dd", { id: "answer" }, drawAnswer(domain, answer))),
       h("div", { class: "actions" },
-        h("button", { id: "toggle-enabled", type: "button", onclick: act(path, () => ({ enabled: !domain.enabled })) },
-          domain.enabled ? "Disable domain" : "Enable domain"),
+        h("button", { id: "toggle-enabled", type: "button", class: domain.enabled ? "" : "primary",
+          onclick: act(path, (d) => (d.enabled === domain.enabled ? { enabled: !domain.enabled } : null), toggle) },
+        domain.enabled ? "Disable domain" : "Enable domain"),
+        h("a", { class: "button", id: "edit-domain", href: "#/domains/" + enc(domain.name) + "/edit" }, "Edit"),
+        h("button", { id: "delete-domain", type: "button", class: "danger", onclick: remove }, "Delete"),
         h("label", {}, "Sequence mode ",
           h("select", { id: "sequence-mode", onchange: (e) => act(path, () => ({ sequence_mode: e.target.value }))() },
             SEQUENCE_MODES.map((m) => h("option", { value: m, selected: m === domain.sequence_mode }, m)))))),
+    h("h2", {}, "Orchestration"),
+    diagram(domain, status, refs, statusOf),
     h("h2", {}, "Pools"),
     h("div", { id: "pools" }, refs.map((ref, index) => drawPool(ref, statusOf[ref.pool], {
       up: index > 0 ? act(path, movePool(ref.pool, -1)) : null,
       down: index < refs.length - 1 ? act(path, movePool(ref.pool, +1)) : null,
-      setMode: (address, mode) => act("/pools/" + enc(ref.pool), setAddressMode(address, mode))(),
+      setMode: (address, mode) => act("/pools/" + enc(ref.pool), setAddressMode(address, mode),
+        confirmMode(ref.pool, address, mode))(),
     }))),
     h("h2", {}, "Switch log"),
     drawSwitches(switches),
     h("h2", {}, "Change log"),
     drawChanges(changes));
+}
+
+function diagram(domain, status, refs, statusOf) {
+  // Access domain → its pools in order (with the strategy) → their addresses, coloured by health; the answer
+  // being served is marked. Redrawn with the page on every live event.
+  const answer = domain.enabled ? status.answer : null;
+  const served = new Set(answer ? answer.records : []);
+  const strategy = domain.lb_strategy + (domain.lb_strategy === "sequence" ? " · " + domain.sequence_mode : "");
+  return h("div", { id: "diagram", class: "diagram", role: "group", "aria-label": "Orchestration of " + domain.name },
+    h("div", { class: "node domain-node" }, h("b", {}, domain.name), h("span", { class: "small" }, domain.record_type + " · TTL " + domain.ttl),
+      h("span", { class: "small muted" }, domain.enabled ? "enabled" : "disabled")),
+    h("div", { class: "edge" }, h("span", { class: "small" }, strategy), "→"),
+    h("ol", { class: "pool-nodes" }, refs.map((ref) => {
+      const p = statusOf[ref.pool] || { name: ref.pool, available: null, addresses: [] };
+      const [color, label] = poolHealth(p);
+      const serving = answer && answer.pool === ref.pool;
+      return h("li", { class: "node pool-node " + color + (serving ? " serving" : ""), "data-pool": ref.pool,
+        "data-serving": serving ? "true" : null },
+      h("div", {}, h("span", { class: "seq" }, "#" + ref.sequence), " ", h("b", {}, ref.pool),
+        serving ? h("span", { class: "badge on" }, answer.fallback ? "serving (fallback)" : "serving") : null),
+      h("span", { class: "small muted" }, label),
+      h("ul", { class: "address-nodes" }, p.addresses.map((a) => {
+        const [c, text] = addressHealth(a);
+        const on = serving && served.has(a.address);
+        return h("li", { class: "node address-node " + c + (on ? " serving" : ""), "data-address": a.name,
+          "data-health": c, "data-serving": on ? "true" : null, title: text },
+        dot([c, text]), " ", a.name, " ", h("span", { class: "mono small" }, a.address));
+      })));
+    })));
+}
+
+function review(domain, status) {
+  const refs = inSequence(domain.pools);
+  const statusOf = Object.fromEntries(status.pools.map((p) => [p.name, p]));
+  const none = refs.every((ref) => !statusOf[ref.pool] || statusOf[ref.pool].available === false);
+  return h("div", { id: "review" },
+    h("dl", { class: "facts" },
+      h("dt", {}, "Record type"), h("dd", {}, domain.record_type),
+      h("dt", {}, "TTL"), h("dd", {}, domain.ttl + " s"),
+      h("dt", {}, "Strategy"), h("dd", {}, domain.lb_strategy + (domain.lb_strategy === "sequence" ? " · " + domain.sequence_mode : ""))),
+    refs.length === 0 ? h("p", { class: "warn-text" }, "It has no pool: it would answer nothing.") :
+      h("table", { class: "grid" }, headRow(["#", "Pool", "Health", "Addresses"]),
+        h("tbody", {}, refs.map((ref) => {
+          const p = statusOf[ref.pool] || { name: ref.pool, available: null, addresses: [] };
+          return h("tr", { "data-pool": ref.pool }, h("td", {}, ref.sequence), h("td", {}, ref.pool),
+            h("td", {}, dot(poolHealth(p)), " ", poolHealth(p)[1]),
+            h("td", { class: "mono small" }, p.addresses.map((a) => a.address + " " + addressHealth(a)[1]).join("; ")));
+        }))),
+    none && refs.length ? h("p", { class: "warn-text" }, "No pool is available now: the edges would answer the first pool, unchecked (fallback).") : null,
+    h("p", {}, "Once enabled, the DNS edges answer " + domain.name + " at once."));
 }
 
 function drawAnswer(domain, answer) {
@@ -291,7 +441,8 @@ function drawPool(ref, pool, actions) {
   const health = poolHealth(pool);
   return h("article", { class: "pool", "data-pool": ref.pool },
     h("header", {},
-      dot(health), h("span", { class: "seq" }, "#" + ref.sequence), h("h3", {}, ref.pool),
+      dot(health), h("span", { class: "seq" }, "#" + ref.sequence),
+      h("h3", {}, h("a", { href: "#/pools/" + enc(ref.pool) }, ref.pool)),
       h("span", { class: "muted small" }, health[1]),
       h("span", { class: "spacer" }),
       moveButton("up", "↑", actions.up), moveButton("down", "↓", actions.down)),
@@ -311,7 +462,7 @@ function drawAddress(a, setMode) {
     h("td", {}, dot(health)),
     h("td", {}, a.name, h("div", { class: "muted small health-text" }, health[1])),
     h("td", { class: "mono" }, a.address),
-    h("td", {}, h("select", { class: "mode", onchange: (e) => setMode(a.name, e.target.value) },
+    h("td", {}, h("select", { class: "mode", "aria-label": "Mode of " + a.name, onchange: (e) => setMode(a.name, e.target.value) },
       MODES.map((m) => h("option", { value: m, selected: m === a.mode }, m)))),
     h("td", {}, a.checks.length === 0 ? h("span", { class: "muted" }, "no checks") : h("table", { class: "checks" },
       h("tbody", {}, a.checks.map((c) => h("tr", { class: c.ok ? "ok" : "fail" },
@@ -321,11 +472,12 @@ function drawAddress(a, setMode) {
         h("td", { class: "muted small", title: when(c.at) + " by " + c.prober }, clock(c.at))))))));
 }
 
-function drawSwitches(events) {
+function drawSwitches(events, withDomain) {
   if (events.length === 0) return h("p", { id: "switch-log", class: "muted" }, "No switch yet.");
   return h("table", { id: "switch-log", class: "grid" },
-    headRow(["At", "From", "To", "Reason", "Records"]),
+    headRow([...(withDomain ? ["Domain"] : []), "At", "From", "To", "Reason", "Records"]),
     h("tbody", {}, events.map((e) => h("tr", {},
+      withDomain ? h("td", { class: "nowrap" }, e.domain) : null,
       h("td", { class: "small nowrap" }, when(e.at)),
       h("td", { class: "nowrap" }, e.from_pool || "—"), h("td", { class: "nowrap" }, e.to_pool || "—"),
       h("td", {}, e.reason), h("td", { class: "mono" }, e.before.join(", ") + " → " + e.after.join(", "))))));
@@ -352,14 +504,589 @@ function drawChanges(events) {
       h("td", { class: "mono small" }, (e.changes || []).map(describeChange).join("; "))))));
 }
 
+// ---- confirmation dialog ---------------------------------------------------------------------------
+
+function ask(title, body, okLabel) {
+  // A modal <dialog>: resolves true when confirmed, false when cancelled (button or Escape).
+  return new Promise((resolve) => {
+    const dialog = $("confirm");
+    const done = (answer) => { dialog.onclose = null; if (dialog.open) dialog.close(); resolve(answer); };
+    dialog.replaceChildren(
+      h("h2", { id: "confirm-title" }, title),
+      h("div", { class: "confirm-body" }, body),
+      h("div", { class: "actions" },
+        h("button", { type: "button", id: "confirm-ok", class: "primary", onclick: () => done(true) }, okLabel),
+        h("button", { type: "button", id: "confirm-cancel", onclick: () => done(false) }, "Cancel")));
+    dialog.onclose = () => done(false);
+    dialog.showModal();
+    $("confirm-cancel").focus();
+  });
+}
+
+// ---- forms: every input carries data-field = the API's field path, so an error lands beside it -----
+
+const POOL_TYPES = ["ipv4", "ipv6", "domain"];
+const HEALTH_CONDITIONS = ["any_ok", "p30_ok", "p50_ok", "p70_ok", "all_ok"];
+const POOL_STRATEGIES = ["round_robin", "sequence", "weight", "source_nearest"];
+const DOMAIN_STRATEGIES = ["sequence", "round_robin", "weight", "source_nearest"];
+const RECORD_TYPES = ["A", "AAAA", "CNAME"];
+const PROTOCOLS = ["http", "https", "tcp", "ping"];
+const FAILURE_RATES = [20, 50, 80, 100];
+const CHECK_DEFAULTS = { protocol: "http", port: "", path: "/", host: "", expected_codes: [200], interval_s: 15,
+  timeout_s: 2, failures: 2, successes: 1, failure_rate: 50 };
+let fieldIds = 0;
+
+function field(label, path, input, hint) {
+  const id = "f-" + (++fieldIds);
+  input.id = id;
+  input.dataset.field = path;
+  return h("div", { class: "field", "data-for": path },
+    h("label", { for: id }, label), input,
+    hint ? h("span", { class: "hint" }, hint) : null,
+    h("span", { class: "field-error", role: "alert", hidden: true }));
+}
+
+function textInput(value, attrs) {
+  return h("input", { type: "text", value: value === undefined || value === null ? "" : value, ...attrs });
+}
+
+function numberInput(value, min, max, attrs) {
+  return h("input", { type: "number", value: value === undefined || value === null ? "" : value, min, max, ...attrs });
+}
+
+function choice(values, current, attrs) {
+  return h("select", attrs || {}, values.map((v) => h("option", { value: v, selected: String(v) === String(current) }, v)));
+}
+
+function checkbox(checked, attrs) {
+  return h("input", { type: "checkbox", checked: !!checked, ...attrs });
+}
+
+function clearFieldErrors(form) {
+  for (const e of form.querySelectorAll(".field-error")) { e.textContent = ""; e.hidden = true; }
+  for (const e of form.querySelectorAll("[aria-invalid]")) e.removeAttribute("aria-invalid");
+}
+
+function fieldError(form, path, message) {
+  // The deepest field the path names: "addresses[0].health_check.port", else "addresses[0]", ...
+  for (let p = path; p; p = p.replace(/(\.[^.[\]]+|\[\d+\])$/, "") || "") {
+    const input = [...form.querySelectorAll("[data-field]")].find((e) => e.dataset.field === p);
+    if (input) {
+      const box = input.closest(".field").querySelector(".field-error");
+      box.textContent = message; box.hidden = false;
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+      return true;
+    }
+    if (!/(\.[^.[\]]+|\[\d+\])$/.test(p)) break;
+  }
+  return false;
+}
+
+async function submitting(form, save) {
+  clearFieldErrors(form);
+  flash("");
+  try {
+    await save();
+  } catch (err) {
+    if (err instanceof ApiError && err.field && fieldError(form, err.field, err.message)) {
+      flash("Not saved: " + err.message);
+      return;
+    }
+    showError(err);
+  }
+}
+
+function val(form, path) {
+  const e = [...form.querySelectorAll("[data-field]")].find((x) => x.dataset.field === path);
+  if (!e) return undefined;
+  if (e.type === "checkbox") return e.checked;
+  if (e.type === "number") return e.value === "" ? undefined : Number(e.value);
+  return e.value;
+}
+
+function codes(text) {
+  return String(text).split(/[\s,]+/).filter(Boolean).map((c) => (/^\d+$/.test(c) ? Number(c) : c));
+}
+
+function usersOf(domains, pool) {
+  return domains.filter((d) => d.pools.some((ref) => ref.pool === pool)).map((d) => d.name);
+}
+
+// ---- pools ----------------------------------------------------------------------------------------
+
+async function showPools() {
+  const gen = generation;
+  const [{ pools }, { domains }] = await Promise.all([api("GET", "/pools"), api("GET", "/domains")]);
+  if (gen !== generation) return;
+  $("main").replaceChildren(
+    h("div", { class: "title-row" }, h("h1", {}, "Address pools"),
+      h("a", { class: "button primary", id: "new-pool", href: "#/pools/new" }, "New address pool")),
+    pools.length === 0
+      ? h("div", { class: "empty" }, h("p", {}, "No address pool yet. A pool groups the addresses (servers) that answer; create one first, then an access domain that uses it."),
+        h("a", { class: "button primary", href: "#/pools/new" }, "Create an address pool"))
+      : h("table", { id: "pools-list", class: "grid" }, headRow(["Pool", "Type", "Strategy", "Condition", "Addresses", "Used by"]),
+        h("tbody", {}, pools.map((p) => h("tr", { "data-pool": p.name },
+          h("td", {}, h("a", { href: "#/pools/" + enc(p.name) }, p.name)), h("td", {}, p.type),
+          h("td", {}, p.lb_strategy), h("td", {}, p.health_condition),
+          h("td", { class: "mono small" }, p.addresses.map((a) => a.address).join(", ")),
+          h("td", {}, usersOf(domains, p.name).join(", ") || h("span", { class: "muted" }, "no domain")))))));
+}
+
+async function showPoolForm(name) {
+  const gen = generation;
+  const isNew = name === null;
+  let pool = { type: "ipv4", enabled: true, health_condition: "any_ok", lb_strategy: "round_robin",
+    sequence_mode: "preemptive", remarks: "", addresses: [] };
+  if (!isNew) {
+    try { pool = await api("GET", "/pools/" + enc(name)); } catch (err) {
+      if (err instanceof ApiError && err.status === 404) return notFound("address pool", name, "#/pools");
+      throw err;
+    }
+  }
+  const [{ domains }, { templates }] = await Promise.all([api("GET", "/domains"),
+    api("GET", "/health-templates").catch(() => ({ templates: [] }))]);
+  if (gen !== generation) return;
+  const rows = h("div", { id: "address-rows" });
+  const original = pool.addresses;
+  let count = 0;
+  const addRow = (a) => rows.append(addressRow(count++, a || { name: "", address: "", enabled: true, mode: "auto",
+    weight: 1, sequence: 1, health_check: { ...CHECK_DEFAULTS } }, templates));
+  original.forEach(addRow);
+  const form = h("form", { id: "pool-form", class: "form", novalidate: true },
+    h("fieldset", {}, h("legend", {}, "Pool"),
+      field("Name", "name", textInput(isNew ? "" : pool.name, { disabled: !isNew, required: true, placeholder: "Primary-DC" }),
+        "1–64 of A–Z a–z 0–9 . _ -"),
+      field("Type", "type", choice(POOL_TYPES, pool.type)),
+      field("Enabled", "enabled", checkbox(pool.enabled)),
+      field("Health condition", "health_condition", choice(HEALTH_CONDITIONS, pool.health_condition),
+        "share of enabled addresses that must be available"),
+      field("Strategy within the pool", "lb_strategy", choice(POOL_STRATEGIES, pool.lb_strategy)),
+      field("Sequence mode", "sequence_mode", choice(SEQUENCE_MODES, pool.sequence_mode)),
+      field("Remarks", "remarks", textInput(pool.remarks, { maxlength: 256 }))),
+    h("fieldset", {}, h("legend", {}, "Addresses"), rows,
+      h("button", { type: "button", id: "add-address", onclick: () => addRow() }, "+ Add address")),
+    h("div", { class: "actions" },
+      h("button", { type: "submit", id: "save", class: "primary" }, isNew ? "Create pool" : "Save pool"),
+      h("a", { href: isNew ? "#/pools" : "#/pools/" + enc(name) + "/", class: "button" }, "Cancel"),
+      isNew ? null : h("button", { type: "button", id: "delete", class: "danger", onclick: () => deletePool(name, domains) }, "Delete pool")));
+  if (original.length === 0) addRow();
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    submitting(form, () => savePool(form, isNew, pool, domains));
+  });
+  $("main").replaceChildren(h("p", {}, h("a", { href: "#/pools" }, "← Address pools")),
+    h("h1", {}, isNew ? "New address pool" : "Address pool " + name), form);
+}
+
+function checkFields(c, hc) {
+  return [
+    field("Protocol", c + "protocol", choice(PROTOCOLS, hc.protocol)),
+    field("Port", c + "port", numberInput(hc.port, 1, 65535), "default for the protocol"),
+    field("Path", c + "path", textInput(hc.path)),
+    field("Host", c + "host", textInput(hc.host), "Host header and SNI"),
+    field("Expected codes", c + "expected_codes", textInput((hc.expected_codes || []).join(", ")), "200, 2xx"),
+    field("Interval (s)", c + "interval_s", numberInput(hc.interval_s, 1, 3600, { step: "any" })),
+    field("Timeout (s)", c + "timeout_s", numberInput(hc.timeout_s, 0, 3600, { step: "any" })),
+    field("Failures", c + "failures", numberInput(hc.failures, 1, 10), "to go down"),
+    field("Successes", c + "successes", numberInput(hc.successes, 1, 10), "to come back"),
+    field("Failure rate (%)", c + "failure_rate", choice(FAILURE_RATES, hc.failure_rate), "of regions")];
+}
+
+function addressRow(i, a, templates) {
+  const hc = a.health_check || { ...CHECK_DEFAULTS };
+  const p = "addresses[" + i + "]", c = p + ".health_check";
+  const checkBox = h("div", { class: "check-fields", hidden: !a.health_check },
+    field("Template", c + ".template", choice(["", ...templates.map((t) => t.name)], hc.template || ""), "optional"),
+    checkFields(c + ".", hc));
+  const row = h("div", { class: "address-row", "data-row": i },
+    h("div", { class: "row-fields" },
+      field("Address name", p + ".name", textInput(a.name, { placeholder: "Server-01" })),
+      field("Value", p + ".address", textInput(a.address, { placeholder: "192.0.2.10" }), "IP or host name"),
+      field("Weight", p + ".weight", numberInput(a.weight, 1, 100)),
+      field("Sequence", p + ".sequence", numberInput(a.sequence, 1, 100)),
+      field("Mode", p + ".mode", choice(MODES, a.mode)),
+      field("Enabled", p + ".enabled", checkbox(a.enabled)),
+      field("Health check", p + ".has_check", checkbox(!!a.health_check, {
+        onchange: (e) => { checkBox.hidden = !e.target.checked; } })),
+      h("button", { type: "button", class: "remove-address", "aria-label": "Remove address " + (a.name || i + 1),
+        onclick: () => row.remove() }, "Remove")),
+    checkBox);
+  row.original = a; // fields the form does not show (region, remarks, ...) are kept
+  return row;
+}
+
+function readCheckFields(form, c) {
+  const values = {
+    protocol: val(form, c + "protocol"), port: val(form, c + "port"), path: val(form, c + "path"),
+    host: val(form, c + "host"), expected_codes: codes(val(form, c + "expected_codes")),
+    interval_s: val(form, c + "interval_s"), timeout_s: val(form, c + "timeout_s"),
+    failures: val(form, c + "failures"), successes: val(form, c + "successes"),
+    failure_rate: Number(val(form, c + "failure_rate")),
+  };
+  for (const k of Object.keys(values)) if (values[k] === undefined) delete values[k];
+  return values;
+}
+
+function readCheck(form, c, before) {
+  const values = readCheckFields(form, c + ".");
+  const template = val(form, c + ".template");
+  if (!template) return values;
+  // With a template: only the fields set on the address itself (changed here or before) are sent.
+  const base = before || {};
+  const overrides = Object.keys(values).filter((k) => (base.overrides || []).includes(k) ||
+    (base.template === template && JSON.stringify(values[k]) !== JSON.stringify(base[k])));
+  const out = { template, overrides };
+  for (const k of overrides) out[k] = values[k];
+  return out;
+}
+
+function readPool(form, isNew, pool) {
+  const body = { ...pool };
+  delete body.revision; delete body.name;
+  for (const k of ["type", "enabled", "health_condition", "lb_strategy", "sequence_mode", "remarks"]) body[k] = val(form, k);
+  body.addresses = [...form.querySelectorAll(".address-row")].map((row) => {
+    const p = "addresses[" + row.dataset.row + "]";
+    const a = { ...row.original };
+    for (const k of ["name", "address", "weight", "sequence", "mode", "enabled"]) a[k] = val(form, p + "." + k);
+    a.health_check = val(form, p + ".has_check") ? readCheck(form, p + ".health_check", row.original.health_check) : null;
+    return a;
+  });
+  // The API's field paths count the rows sent: renumber after removals so errors land on the right row.
+  [...form.querySelectorAll(".address-row")].forEach((row, n) => {
+    for (const e of row.querySelectorAll("[data-field]")) {
+      e.dataset.field = e.dataset.field.replace(/^addresses\[\d+\]/, "addresses[" + n + "]");
+      e.closest(".field").dataset.for = e.dataset.field;
+    }
+    row.dataset.row = n;
+  });
+  return body;
+}
+
+async function savePool(form, isNew, pool, domains) {
+  const name = isNew ? val(form, "name").trim() : pool.name;
+  const body = readPool(form, isNew, pool);
+  const path = "/pools/" + enc(name);
+  if (isNew) {
+    if (!name) { fieldError(form, "name", "a name is required"); return; }
+    const exists = await api("GET", path).then(() => true, (err) => {
+      if (err instanceof ApiError && err.status === 404) return false;
+      throw err;
+    });
+    if (exists) { fieldError(form, "name", "a pool called " + name + " already exists"); return; }
+    await api("PUT", path, body);
+  } else {
+    const users = usersOf(domains, name);
+    const down = body.addresses.every((a) => !a.enabled || a.mode === "manual_unavailable");
+    if (users.length && !(await ask("Change pool " + name + "?", [
+      h("p", {}, "This pool is used by " + users.join(", ") + ": their answers may change at once."),
+      down ? h("p", { class: "warn-text", id: "pool-down-warning" }, "No address of it stays available: the pool goes down.") : null],
+    "Save pool"))) return;
+    await api("PUT", path, body, pool.revision);
+  }
+  location.hash = "#/pools";
+}
+
+async function deletePool(name, domains) {
+  const users = usersOf(domains, name);
+  const body = users.length
+    ? h("p", {}, "It is used by " + users.join(", ") + ": the API refuses to delete it until it is removed from them.")
+    : h("p", {}, "No access domain uses it. Its addresses stop being checked.");
+  if (!(await ask("Delete pool " + name + "?", body, "Delete pool"))) return;
+  await guarded(async () => { await api("DELETE", "/pools/" + enc(name)); location.hash = "#/pools"; });
+}
+
+// ---- access domain form ---------------------------------------------------------------------------
+
+async function showDomainForm(fqdn) {
+  const gen = generation;
+  const isNew = fqdn === null;
+  let domain = { record_type: "A", ttl: 30, enabled: false, remarks: "", pools: [], lb_strategy: "sequence",
+    sequence_mode: "preemptive" };
+  if (!isNew) {
+    try { domain = await api("GET", "/domains/" + enc(fqdn)); } catch (err) {
+      if (err instanceof ApiError && err.status === 404) return notFound("access domain", fqdn, "#/");
+      throw err;
+    }
+  }
+  const { pools } = await api("GET", "/pools");
+  if (gen !== generation) return;
+  if (pools.length === 0) {
+    $("main").replaceChildren(h("h1", {}, "New access domain"), h("div", { class: "empty" },
+      h("p", {}, "An access domain answers with the addresses of its pools: create an address pool first."),
+      h("a", { class: "button primary", href: "#/pools/new" }, "Create an address pool")));
+    return;
+  }
+  const rows = h("ol", { id: "pool-rows" });
+  const renumber = () => [...rows.children].forEach((li, n) => {
+    for (const e of li.querySelectorAll("[data-field]")) {
+      e.dataset.field = e.dataset.field.replace(/^pools\[\d+\]/, "pools[" + n + "]");
+    }
+    li.querySelector("[data-field$='.sequence']").value = n + 1;
+    li.querySelector(".pool-up").disabled = n === 0;
+    li.querySelector(".pool-down").disabled = n === rows.children.length - 1;
+  });
+  const addRow = (ref) => {
+    const n = rows.children.length, p = "pools[" + n + "]";
+    const li = h("li", { class: "pool-row" },
+      field("Pool", p + ".pool", choice(pools.map((x) => x.name), ref ? ref.pool : pools[Math.min(n, pools.length - 1)].name)),
+      field("Sequence", p + ".sequence", numberInput(n + 1, 1, 100, { readonly: true }), "order below"),
+      field("Weight", p + ".weight", numberInput(ref ? ref.weight : 1, 1, 100)),
+      h("button", { type: "button", class: "pool-up", "aria-label": "Move up",
+        onclick: () => { if (li.previousElementSibling) rows.insertBefore(li, li.previousElementSibling); renumber(); } }, "↑"),
+      h("button", { type: "button", class: "pool-down", "aria-label": "Move down",
+        onclick: () => { if (li.nextElementSibling) rows.insertBefore(li.nextElementSibling, li); renumber(); } }, "↓"),
+      h("button", { type: "button", class: "remove-pool", onclick: () => { li.remove(); renumber(); } }, "Remove"));
+    rows.append(li);
+    renumber();
+  };
+  inSequence(domain.pools).forEach(addRow);
+  const form = h("form", { id: "domain-form", class: "form", novalidate: true },
+    h("fieldset", {}, h("legend", {}, "Access domain"),
+      field("Domain name", "name", textInput(isNew ? "" : domain.name, { disabled: !isNew, placeholder: "www.example.com" })),
+      field("Record type", "record_type", choice(RECORD_TYPES, domain.record_type), "A: ipv4 pools, AAAA: ipv6, CNAME: domain"),
+      field("TTL (s)", "ttl", numberInput(domain.ttl, 1, 86400)),
+      isNew ? null : field("Enabled", "enabled", checkbox(domain.enabled, { disabled: true }), "use Enable / Disable on its page"),
+      field("Strategy between pools", "lb_strategy", choice(DOMAIN_STRATEGIES, domain.lb_strategy), "sequence = global availability"),
+      field("Sequence mode", "sequence_mode", choice(SEQUENCE_MODES, domain.sequence_mode)),
+      field("Remarks", "remarks", textInput(domain.remarks, { maxlength: 256 }))),
+    h("fieldset", {}, h("legend", {}, "Pools, in order"), rows,
+      h("button", { type: "button", id: "add-pool", onclick: () => addRow() }, "+ Add pool")),
+    h("p", { class: "hint" }, isNew ? "A new domain starts disabled: review and enable it on its page." : ""),
+    h("div", { class: "actions" },
+      h("button", { type: "submit", id: "save", class: "primary" }, isNew ? "Create access domain" : "Save access domain"),
+      h("a", { href: isNew ? "#/" : "#/domains/" + enc(fqdn), class: "button" }, "Cancel")));
+  if (domain.pools.length === 0) addRow();
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    submitting(form, async () => {
+      const name = isNew ? val(form, "name").trim().replace(/\.$/, "") : domain.name;
+      if (!name) { fieldError(form, "name", "a domain name is required"); return; }
+      const body = { ...domain };
+      delete body.revision; delete body.name;
+      for (const k of ["record_type", "ttl", "lb_strategy", "sequence_mode", "remarks"]) body[k] = val(form, k);
+      body.pools = [...rows.children].map((li, n) => ({ pool: val(form, "pools[" + n + "].pool"), sequence: n + 1,
+        weight: val(form, "pools[" + n + "].weight") }));
+      const path = "/domains/" + enc(name);
+      if (!isNew && domain.enabled && body.pools.length === 0 && !(await ask("Leave " + name + " with no pool?",
+        h("p", {}, "It is enabled: with no pool it answers nothing."), "Save access domain"))) return;
+      if (isNew) {
+        const exists = await api("GET", path).then(() => true, (err) => {
+          if (err instanceof ApiError && err.status === 404) return false;
+          throw err;
+        });
+        if (exists) { fieldError(form, "name", "an access domain called " + name + " already exists"); return; }
+        body.enabled = false;
+        await api("PUT", path, body);
+      } else {
+        await api("PUT", path, body, domain.revision);
+      }
+      location.hash = "#/domains/" + enc(name);
+    });
+  });
+  $("main").replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Access domains")),
+    h("h1", {}, isNew ? "New access domain" : "Edit " + fqdn), form);
+}
+
+function notFound(what, name, back) {
+  if (live) { live.close(); live = null; }
+  $("main").replaceChildren(h("section", { id: "not-found" },
+    h("h1", {}, "Not found"),
+    h("p", {}, "There is no " + what + " called " + name + " (deleted, or never created)."),
+    h("a", { class: "button", href: back }, "Back to the list")));
+}
+
+// ---- settings: health templates, alert targets, topology ------------------------------------------
+
+async function getOr404(path, fallback) {
+  return api("GET", path).catch((err) => {
+    if (err instanceof ApiError && err.status === 404) return fallback;
+    throw err;
+  });
+}
+
+async function showSettings() {
+  const gen = generation;
+  const [{ templates }, targets, topology] = await Promise.all([api("GET", "/health-templates"),
+    api("GET", "/alert-targets"), getOr404("/topology", { entries: [] })]);
+  if (gen !== generation) return;
+  const list = (id, items, href, describe, what) => items.length === 0
+    ? h("div", { class: "empty" }, h("p", {}, "No " + what + " yet."), h("a", { class: "button primary", href: href + "new" }, "Create one"))
+    : h("table", { id, class: "grid" }, h("tbody", {}, items.map((t) => h("tr", { "data-name": t.name },
+      h("td", {}, h("a", { href: href + enc(t.name) }, t.name)), h("td", { class: "small" }, describe(t))))));
+  $("main").replaceChildren(
+    h("div", { class: "title-row" }, h("h1", {}, "Health templates"),
+      h("a", { class: "button primary", id: "new-template", href: "#/templates/new" }, "New health template")),
+    list("templates-list", templates, "#/templates/", (t) => t.protocol + " port " + (t.port || "default") + " " + t.path +
+      " every " + t.interval_s + " s", "health template (a reusable health check an address can refer to)"),
+    h("div", { class: "title-row" }, h("h1", {}, "Alert targets"),
+      h("a", { class: "button primary", id: "new-target", href: "#/alert-targets/new" }, "New alert target")),
+    list("targets-list", targets.alert_targets, "#/alert-targets/", (t) => t.url + " · " + t.kinds.join(", ") +
+      (t.enabled ? "" : " · disabled"), "alert target (a webhook told of every switch)"),
+    h("h1", {}, "Topology"), topologyForm(topology));
+}
+
+function topologyForm(topology) {
+  const rows = h("div", { id: "topology-rows" });
+  const addRow = (e) => {
+    const n = rows.children.length;
+    const row = h("div", { class: "pool-row" },
+      field("Client CIDR", "entries[" + n + "].cidr", textInput(e ? e.cidr : "", { placeholder: "192.0.2.0/24" })),
+      field("Region", "entries[" + n + "].region", textInput(e ? e.region : "", { placeholder: "eu" })),
+      h("button", { type: "button", onclick: () => { row.remove(); } }, "Remove"));
+    rows.append(row);
+  };
+  topology.entries.forEach(addRow);
+  const form = h("form", { id: "topology-form", class: "form", novalidate: true },
+    h("p", { class: "hint" }, "Which region clients of a subnet are nearest to (for the source_nearest strategy)."),
+    rows, h("button", { type: "button", id: "add-entry", onclick: () => addRow() }, "+ Add entry"),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "save-topology" }, "Save topology")));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    [...rows.children].forEach((row, n) => row.querySelectorAll("[data-field]").forEach((e) => {
+      e.dataset.field = e.dataset.field.replace(/^entries\[\d+\]/, "entries[" + n + "]");
+    }));
+    submitting(form, async () => {
+      const entries = [...rows.children].map((_, n) => ({ cidr: val(form, "entries[" + n + "].cidr"),
+        region: val(form, "entries[" + n + "].region") }));
+      await api("PUT", "/topology", { entries }, topology.revision ? topology.revision : undefined); // 0: never written
+      flash("");
+      route();
+    });
+  });
+  return form;
+}
+
+async function showTemplateForm(name) {
+  const gen = generation;
+  const isNew = name === null;
+  let t = { ...CHECK_DEFAULTS };
+  if (!isNew) {
+    t = await getOr404("/health-templates/" + enc(name), null);
+    if (!t) return notFound("health template", name, "#/settings");
+  }
+  const { pools } = await api("GET", "/pools");
+  if (gen !== generation) return;
+  const users = pools.filter((p) => p.addresses.some((a) => a.health_check && a.health_check.template === name)).map((p) => p.name);
+  const form = h("form", { id: "template-form", class: "form", novalidate: true },
+    h("fieldset", {}, h("legend", {}, "Health template"),
+      field("Name", "name", textInput(isNew ? "" : name, { disabled: !isNew })),
+      h("div", { class: "check-fields" }, checkFields("", t))),
+    h("div", { class: "actions" },
+      h("button", { type: "submit", class: "primary", id: "save" }, isNew ? "Create template" : "Save template"),
+      h("a", { class: "button", href: "#/settings" }, "Cancel"),
+      isNew ? null : h("button", { type: "button", class: "danger", id: "delete", onclick: () => guarded(async () => {
+        const body = h("p", {}, users.length ? "Pools using it: " + users.join(", ") + "." : "No address uses it.");
+        if (!(await ask("Delete template " + name + "?", body, "Delete template"))) return;
+        await api("DELETE", "/health-templates/" + enc(name), undefined, t.revision);
+        location.hash = "#/settings";
+      }) }, "Delete")));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    submitting(form, async () => {
+      const n = isNew ? val(form, "name").trim() : name;
+      if (!n) { fieldError(form, "name", "a name is required"); return; }
+      if (!isNew && users.length && !(await ask("Change template " + name + "?",
+        h("p", {}, "Addresses of " + users.join(", ") + " use it: their checks change at once."), "Save template"))) return;
+      await api("PUT", "/health-templates/" + enc(n), readCheckFields(form, ""), isNew ? undefined : t.revision);
+      location.hash = "#/settings";
+    });
+  });
+  $("main").replaceChildren(h("p", {}, h("a", { href: "#/settings" }, "← Settings")),
+    h("h1", {}, isNew ? "New health template" : "Health template " + name), form);
+}
+
+async function showTargetForm(name) {
+  const gen = generation;
+  const isNew = name === null;
+  let t = { url: "", enabled: true, kinds: ["address", "pool", "domain"], remarks: "" };
+  if (!isNew) {
+    t = await getOr404("/alert-targets/" + enc(name), null);
+    if (!t) return notFound("alert target", name, "#/settings");
+  }
+  if (gen !== generation) return;
+  const form = h("form", { id: "target-form", class: "form", novalidate: true },
+    h("fieldset", {}, h("legend", {}, "Alert target"),
+      field("Name", "name", textInput(isNew ? "" : name, { disabled: !isNew })),
+      field("Webhook URL", "url", textInput(t.url, { placeholder: "https://hooks.example.com/gtm" })),
+      field("Enabled", "enabled", checkbox(t.enabled)),
+      ["address", "pool", "domain"].map((k) => field("Alert on " + k + " switches", "kinds." + k, checkbox(t.kinds.includes(k)))),
+      field("Remarks", "remarks", textInput(t.remarks, { maxlength: 256 }))),
+    h("div", { class: "actions" },
+      h("button", { type: "submit", class: "primary", id: "save" }, isNew ? "Create alert target" : "Save alert target"),
+      h("a", { class: "button", href: "#/settings" }, "Cancel"),
+      isNew ? null : h("button", { type: "button", class: "danger", id: "delete", onclick: () => guarded(async () => {
+        if (!(await ask("Delete alert target " + name + "?", h("p", {}, "It will no longer be told of switches."), "Delete"))) return;
+        await api("DELETE", "/alert-targets/" + enc(name), undefined, t.revision);
+        location.hash = "#/settings";
+      }) }, "Delete")));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    submitting(form, async () => {
+      const n = isNew ? val(form, "name").trim() : name;
+      if (!n) { fieldError(form, "name", "a name is required"); return; }
+      const body = { ...t, url: val(form, "url"), enabled: val(form, "enabled"), remarks: val(form, "remarks"),
+        kinds: ["address", "pool", "domain"].filter((k) => val(form, "kinds." + k)) };
+      delete body.revision; delete body.name;
+      await api("PUT", "/alert-targets/" + enc(n), body, isNew ? undefined : t.revision);
+      location.hash = "#/settings";
+    });
+  });
+  $("main").replaceChildren(h("p", {}, h("a", { href: "#/settings" }, "← Settings")),
+    h("h1", {}, isNew ? "New alert target" : "Alert target " + name), form);
+}
+
+// ---- logs: the switch log and the operation log, filtered ------------------------------------------
+
+async function showEvents() {
+  const gen = generation;
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const kind = params.get("kind") || "switch";
+  const form = h("form", { id: "event-filters", class: "form inline" },
+    field("Log", "kind", choice(["switch", "operation"], kind)),
+    field("Domain", "domain", textInput(params.get("domain") || "")),
+    field("Resource", "resource", choice(["", "domain", "pool", "template", "alert_target", "topology"], params.get("resource") || "")),
+    field("Name", "name", textInput(params.get("name") || "")),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Filter")));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams();
+    for (const k of ["kind", "domain", "resource", "name"]) if (val(form, k)) q.set(k, val(form, k));
+    location.hash = "#/events?" + q;
+  });
+  const q = new URLSearchParams({ kind, limit: "100" });
+  for (const k of ["domain", "resource", "name"]) if (params.get(k)) q.set(k, params.get(k));
+  const { events } = await api("GET", "/events?" + q);
+  if (gen !== generation) return;
+  $("main").replaceChildren(h("h1", {}, kind === "switch" ? "Switch log" : "Operation log"), form,
+    kind === "switch" ? drawSwitches(events, true) : drawChanges(events));
+}
+
 // ---- start ---------------------------------------------------------------------------------------
 
-function route() {
+function route(retry) {
+  if (retry === true && $("api-down").hidden) return;
   generation += 1;
-  flash("");
-  const match = location.hash.match(/^#\/domains\/(.+)$/);
-  if (match) showDomain(decodeURIComponent(match[1]));
-  else showDomains();
+  if (retry !== true) flash("");
+  const hash = location.hash;
+  const streamed = hash === "" || hash === "#/" || (/^#\/domains\/[^/]+$/.test(hash) && hash !== "#/domains/new");
+  if (live && !streamed) { live.close(); live = null; }
+  if (!streamed) { $("live").textContent = "not live here"; $("live").className = "live off"; }
+  const page = (show, ...args) => guarded(() => show(...args));
+  let m;
+  if (hash === "#/domains/new") page(showDomainForm, null);
+  else if ((m = hash.match(/^#\/domains\/([^/]+)\/edit$/))) page(showDomainForm, decodeURIComponent(m[1]));
+  else if ((m = hash.match(/^#\/domains\/([^/]+)$/))) page(showDomain, decodeURIComponent(m[1]));
+  else if (hash === "#/pools") page(showPools);
+  else if (hash === "#/pools/new") page(showPoolForm, null);
+  else if ((m = hash.match(/^#\/pools\/([^/]+)\/?$/))) page(showPoolForm, decodeURIComponent(m[1]));
+  else if (hash.startsWith("#/events")) page(showEvents);
+  else if (hash === "#/settings") page(showSettings);
+  else if (hash === "#/templates/new") page(showTemplateForm, null);
+  else if ((m = hash.match(/^#\/templates\/([^/]+)$/))) page(showTemplateForm, decodeURIComponent(m[1]));
+  else if (hash === "#/alert-targets/new") page(showTargetForm, null);
+  else if ((m = hash.match(/^#\/alert-targets\/([^/]+)$/))) page(showTargetForm, decodeURIComponent(m[1]));
+  else page(showDomains);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
