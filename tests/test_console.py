@@ -534,6 +534,21 @@ def test_console_walkthrough_from_an_empty_stack_creates_reviews_enables_and_fol
     got = sorted(api.get(f"/domains/{DOMAIN}")[1]["pools"], key=lambda p: p["sequence"])
     assert [(p["pool"], p["sequence"]) for p in got] == [("Backup-DC", 1), ("Primary-DC", 2)]
 
+    # Drag and drop: the primary's card dropped on the backup's takes its place again. (Chromium's
+    # driver cannot drive HTML5 drag and drop, so the test dispatches the events a mouse drag fires.)
+    browser.execute_script(
+        """const card = (n) => document.querySelector(`article[data-pool="${n}"]`);
+        const data = new DataTransfer();
+        card(arguments[0]).dispatchEvent(new DragEvent("dragstart", {bubbles: true, dataTransfer: data}));
+        card(arguments[1]).dispatchEvent(new DragEvent("dragover", {bubbles: true, cancelable: true, dataTransfer: data}));
+        card(arguments[1]).dispatchEvent(new DragEvent("drop", {bubbles: true, cancelable: true, dataTransfer: data}));""",
+        "Primary-DC",
+        "Backup-DC",
+    )
+    wait.until(lambda d: pool_order() == ["Primary-DC", "Backup-DC"])
+    got = sorted(api.get(f"/domains/{DOMAIN}")[1]["pools"], key=lambda p: p["sequence"])
+    assert [(p["pool"], p["sequence"]) for p in got] == [("Primary-DC", 1), ("Backup-DC", 2)]
+
     # An address's mode: forcing the dead primary available turns it green again.
     select('tr[data-address="Primary-Server-01"] select.mode', "manual_available")
     wait.until(lambda d: health("Primary-Server-01") == "green")

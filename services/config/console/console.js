@@ -289,6 +289,17 @@ function inSequence(pools) {
     .map(({ ref }) => ref);
 }
 
+// Drop pool ``name`` where ``target`` is: the pools between move up or down one place.
+function placePool(name, target) {
+  return (domain) => {
+    const order = inSequence(domain.pools);
+    const from = order.findIndex((ref) => ref.pool === name), to = order.findIndex((ref) => ref.pool === target);
+    if (from < 0 || to < 0 || from === to) return null;
+    order.splice(to, 0, ...order.splice(from, 1));
+    return { pools: order.map((ref, n) => ({ ...ref, sequence: n + 1 })) };
+  };
+}
+
 function movePool(name, delta) {
   return (domain) => {
     const order = inSequence(domain.pools);
@@ -369,6 +380,7 @@ function drawDomain(domain, status, switches, changes, refresh) {
     h("div", { id: "pools" }, refs.map((ref, index) => drawPool(ref, statusOf[ref.pool], {
       up: index > 0 ? act(path, movePool(ref.pool, -1)) : null,
       down: index < refs.length - 1 ? act(path, movePool(ref.pool, +1)) : null,
+      drop: refs.length > 1 ? (dragged) => act(path, placePool(dragged, ref.pool))() : null,
       setMode: (address, mode) => act("/pools/" + enc(ref.pool), setAddressMode(address, mode),
         confirmMode(ref.pool, address, mode))(),
     }))),
@@ -439,7 +451,20 @@ function drawAnswer(domain, answer) {
 function drawPool(ref, pool, actions) {
   pool = pool || { name: ref.pool, available: null, addresses: [] };
   const health = poolHealth(pool);
-  return h("article", { class: "pool", "data-pool": ref.pool },
+  // Drag a pool's card onto another to take its place in the sequence (the arrows are the keyboard way).
+  const drag = actions.drop ? {
+    draggable: "true",
+    ondragstart: (e) => { e.dataTransfer.setData("text/plain", ref.pool); e.dataTransfer.effectAllowed = "move"; },
+    ondragover: (e) => { e.preventDefault(); e.currentTarget.classList.add("drop-target"); },
+    ondragleave: (e) => e.currentTarget.classList.remove("drop-target"),
+    ondrop: (e) => {
+      e.preventDefault();
+      e.currentTarget.classList.remove("drop-target");
+      const dragged = e.dataTransfer.getData("text/plain");
+      if (dragged && dragged !== ref.pool) actions.drop(dragged);
+    },
+  } : {};
+  return h("article", { class: "pool", "data-pool": ref.pool, ...drag },
     h("header", {},
       dot(health), h("span", { class: "seq" }, "#" + ref.sequence),
       h("h3", {}, h("a", { href: "#/pools/" + enc(ref.pool) }, ref.pool)),
