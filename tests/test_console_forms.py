@@ -233,3 +233,35 @@ def test_a_live_redraw_keeps_the_keyboard_focus(config: tuple[int, Api], browser
     wait.until(lambda d: "redraw please" in d.execute_script("return document.getElementById('change-log').innerText"))
     focused = "const e = document.activeElement; return e.closest('tr') && e.closest('tr').dataset.address;"
     assert browser.execute_script(focused) == "b"
+
+
+def test_a_form_being_filled_in_keeps_what_was_typed_while_the_api_is_away(
+    nats_url: str, log_dir: Path, browser: Any  # noqa: F811
+) -> None:
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = free_port()
+    env = {"NATS_URL": nats_url, "GTM_API_LISTEN": f"127.0.0.1:{port}"}
+    service = Service("config", env, log_dir).start()
+    service.wait_for_event("service_ready")
+    wait = WebDriverWait(browser, 15, poll_frequency=0.05)
+    browser.get(f"http://127.0.0.1:{port}/#/pools/new")
+    name = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '#pool-form [data-field="name"]'))
+    name.send_keys("Typed-Pool")
+    assert service.stop() == 0
+    browser.find_element(By.ID, "save").click()  # the save fails: the API is away
+    banner = "return !document.getElementById('api-down').hidden;"
+    wait.until(lambda d: d.execute_script(banner))
+    time.sleep(3.5)  # a retry round (every 3 s) has passed: the form is still the one being typed in
+    typed = "return document.querySelector('#pool-form [data-field=\"name\"]').value;"
+    assert browser.execute_script(typed) == "Typed-Pool"
+    service = Service("config", env, log_dir).start()
+    try:
+        service.wait_for_event("service_ready")
+        wait.until(lambda d: not d.execute_script(banner))
+        assert browser.execute_script(typed) == "Typed-Pool"
+    finally:
+        assert service.stop() == 0

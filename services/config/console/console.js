@@ -73,10 +73,18 @@ class ApiError extends Error {
 
 class ApiDown extends Error {}
 
+// While the API is away: redraw the page when it is back, except a form being filled in, which
+// keeps what was typed (only the API is probed; saving works again once the banner is gone).
+function retryApi() {
+  const editing = $("main").querySelector("form.form:not(#event-filters)");
+  if (!editing) { route(true); return; }
+  fetch(API + "/openapi.json").then((resp) => { if (resp.ok) apiDown(false); }, () => {});
+}
+
 function apiDown(down) {
   $("api-down").hidden = !down;
   $("main").inert = down; // every action is disabled while the API cannot be reached
-  if (down && !apiDown.timer) apiDown.timer = setInterval(() => route(true), 3000);
+  if (down && !apiDown.timer) apiDown.timer = setInterval(retryApi, 3000);
   if (!down && apiDown.timer) { clearInterval(apiDown.timer); apiDown.timer = null; }
 }
 
