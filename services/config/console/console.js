@@ -990,6 +990,28 @@ function topologyForm(topology) {
   return form;
 }
 
+// The Save / Cancel / Delete row of a settings form; ``remove`` asks, deletes, and says whether it did.
+function settingsActions(isNew, noun, remove) {
+  return h("div", { class: "actions" },
+    h("button", { type: "submit", class: "primary", id: "save" }, (isNew ? "Create " : "Save ") + noun),
+    h("a", { class: "button", href: "#/settings" }, "Cancel"),
+    isNew ? null : h("button", { type: "button", class: "danger", id: "delete", onclick: () => guarded(async () => {
+      if (await remove()) location.hash = "#/settings";
+    }) }, "Delete"));
+}
+
+// Submit a named settings form: the name (typed, for a new one) is required; ``save(name)`` says whether it saved.
+function submitNamed(form, isNew, name, save) {
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    submitting(form, async () => {
+      const n = isNew ? val(form, "name").trim() : name;
+      if (!n) { fieldError(form, "name", "a name is required"); return; }
+      if (await save(n)) location.hash = "#/settings";
+    });
+  });
+}
+
 async function showTemplateForm(name) {
   const gen = generation;
   const isNew = name === null;
@@ -1005,25 +1027,17 @@ async function showTemplateForm(name) {
     h("fieldset", {}, h("legend", {}, "Health template"),
       field("Name", "name", textInput(isNew ? "" : name, { disabled: !isNew })),
       h("div", { class: "check-fields" }, checkFields("", t))),
-    h("div", { class: "actions" },
-      h("button", { type: "submit", class: "primary", id: "save" }, isNew ? "Create template" : "Save template"),
-      h("a", { class: "button", href: "#/settings" }, "Cancel"),
-      isNew ? null : h("button", { type: "button", class: "danger", id: "delete", onclick: () => guarded(async () => {
-        const body = h("p", {}, users.length ? "Pools using it: " + users.join(", ") + "." : "No address uses it.");
-        if (!(await ask("Delete template " + name + "?", body, "Delete template"))) return;
-        await api("DELETE", "/health-templates/" + enc(name), undefined, t.revision);
-        location.hash = "#/settings";
-      }) }, "Delete")));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    submitting(form, async () => {
-      const n = isNew ? val(form, "name").trim() : name;
-      if (!n) { fieldError(form, "name", "a name is required"); return; }
-      if (!isNew && users.length && !(await ask("Change template " + name + "?",
-        h("p", {}, "Addresses of " + users.join(", ") + " use it: their checks change at once."), "Save template"))) return;
-      await api("PUT", "/health-templates/" + enc(n), readCheckFields(form, ""), isNew ? undefined : t.revision);
-      location.hash = "#/settings";
-    });
+    settingsActions(isNew, "template", async () => {
+      const body = h("p", {}, users.length ? "Pools using it: " + users.join(", ") + "." : "No address uses it.");
+      if (!(await ask("Delete template " + name + "?", body, "Delete template"))) return false;
+      await api("DELETE", "/health-templates/" + enc(name), undefined, t.revision);
+      return true;
+    }));
+  submitNamed(form, isNew, name, async (n) => {
+    if (!isNew && users.length && !(await ask("Change template " + name + "?",
+      h("p", {}, "Addresses of " + users.join(", ") + " use it: their checks change at once."), "Save template"))) return false;
+    await api("PUT", "/health-templates/" + enc(n), readCheckFields(form, ""), isNew ? undefined : t.revision);
+    return true;
   });
   $("main").replaceChildren(h("p", {}, h("a", { href: "#/settings" }, "← Settings")),
     h("h1", {}, isNew ? "New health template" : "Health template " + name), form);
@@ -1045,25 +1059,17 @@ async function showTargetForm(name) {
       field("Enabled", "enabled", checkbox(t.enabled)),
       ["address", "pool", "domain"].map((k) => field("Alert on " + k + " switches", "kinds." + k, checkbox(t.kinds.includes(k)))),
       field("Remarks", "remarks", textInput(t.remarks, { maxlength: 256 }))),
-    h("div", { class: "actions" },
-      h("button", { type: "submit", class: "primary", id: "save" }, isNew ? "Create alert target" : "Save alert target"),
-      h("a", { class: "button", href: "#/settings" }, "Cancel"),
-      isNew ? null : h("button", { type: "button", class: "danger", id: "delete", onclick: () => guarded(async () => {
-        if (!(await ask("Delete alert target " + name + "?", h("p", {}, "It will no longer be told of switches."), "Delete"))) return;
-        await api("DELETE", "/alert-targets/" + enc(name), undefined, t.revision);
-        location.hash = "#/settings";
-      }) }, "Delete")));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    submitting(form, async () => {
-      const n = isNew ? val(form, "name").trim() : name;
-      if (!n) { fieldError(form, "name", "a name is required"); return; }
-      const body = { ...t, url: val(form, "url"), enabled: val(form, "enabled"), remarks: val(form, "remarks"),
-        kinds: ["address", "pool", "domain"].filter((k) => val(form, "kinds." + k)) };
-      delete body.revision; delete body.name;
-      await api("PUT", "/alert-targets/" + enc(n), body, isNew ? undefined : t.revision);
-      location.hash = "#/settings";
-    });
+    settingsActions(isNew, "alert target", async () => {
+      if (!(await ask("Delete alert target " + name + "?", h("p", {}, "It will no longer be told of switches."), "Delete"))) return false;
+      await api("DELETE", "/alert-targets/" + enc(name), undefined, t.revision);
+      return true;
+    }));
+  submitNamed(form, isNew, name, async (n) => {
+    const body = { ...t, url: val(form, "url"), enabled: val(form, "enabled"), remarks: val(form, "remarks"),
+      kinds: ["address", "pool", "domain"].filter((k) => val(form, "kinds." + k)) };
+    delete body.revision; delete body.name;
+    await api("PUT", "/alert-targets/" + enc(n), body, isNew ? undefined : t.revision);
+    return true;
   });
   $("main").replaceChildren(h("p", {}, h("a", { href: "#/settings" }, "← Settings")),
     h("h1", {}, isNew ? "New alert target" : "Alert target " + name), form);
