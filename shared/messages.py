@@ -84,6 +84,21 @@ class AnswerGroup(_Message, tag="answer_group.v1", kw_only=True, frozen=True):
     # per record region (same length as records) for address-level source_nearest:
     # serve the records of the client's region when there are any, else all
     record_regions: list[str] = []
+    # per record request-source lines (same length as records; [] = all default) for address lines:
+    # serve the records of the client's most specific matching line, else all
+    record_lines: list[list[str]] = []
+    # the records' type when it is not the domain's: "CNAME" for a domain-name pool of an A or AAAA domain
+    record_type: str = ""
+
+
+class LineAnswer(_Message, tag="line_answer.v1", kw_only=True, frozen=True):
+    """What a domain answers the clients of one request-source line (shared.lines) that has a pool available."""
+
+    line: str
+    groups: list[AnswerGroup] = []
+    pool: str = ""
+    records: list[str] = []
+    select: str = "weight"
 
 
 class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
@@ -92,7 +107,8 @@ class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
     With several groups an edge picks one group per query: by group weight when
     ``select`` is "weight"; when it is "nearest", the group whose region is the
     client's (ECS subnet, else resolver address, mapped by the topology table),
-    else the first group. ``deleted`` is a tombstone: the edge forgets the name.
+    else the first group. ``lines`` answer the clients of other request-source
+    lines. ``deleted`` is a tombstone: the edge forgets the name.
     """
 
     domain: str
@@ -105,6 +121,10 @@ class AnswerSet(_Message, tag="answer_set.v1", kw_only=True, frozen=True):
     fallback: bool = False
     deleted: bool = False
     select: str = "weight"  # "weight" | "nearest"
+    # Request-source lines other than default that have a pool available, most specific first.  A
+    # client is answered by the first of its matching lines found here, else by the groups above
+    # (the default line's answer, or what the domain answers when no pool of the line is available).
+    lines: list[LineAnswer] = []
     config_revision: int = 0
     published_at: float = 0.0
     # Monotonic per domain across schedulers and restarts (milliseconds since the epoch, or
@@ -129,6 +149,8 @@ class SwitchEvent(_Message, tag="switch_event.v1", kw_only=True, frozen=True):
     before: list[str] = []
     after: list[str] = []
     fallback: bool = False
+    # the request-source line whose answer moved ("" = the default line, the domain's top-level answer)
+    line: str = ""
 
 
 class FieldChange(Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from shared import lines as linespec
 from shared import subjects
 
 NAME_RE = r"^[A-Za-z0-9._-]{1,64}$"
@@ -43,9 +44,18 @@ PoolStrategy = Literal["round_robin", "sequence", "weight", "source_nearest"]
 DomainStrategy = Literal["sequence", "round_robin", "weight", "source_nearest"]
 SequenceMode = Literal["preemptive", "non_preemptive"]
 AddressMode = Literal["auto", "manual_available", "manual_unavailable"]
+AllDown = Literal["fail_open", "fail_closed", "fallback_pool"]
+# Request-source lines (shared.lines): "default", "continent:XX", "country:CC", "asn:N", "region:NAME"
+Lines = Annotated[list[str], Meta(max_length=64)]
 Protocol = Literal["http", "https", "tcp", "ping"]
 
 RECORD_TYPE_FOR_POOL: dict[str, str] = {"ipv4": "A", "ipv6": "AAAA", "domain": "CNAME"}
+# The pool types a domain of each record type may use: its own, and domain-name pools (answered as CNAME)
+POOL_TYPES_FOR_RECORD: dict[str, tuple[str, ...]] = {
+    "A": ("ipv4", "domain"),
+    "AAAA": ("ipv6", "domain"),
+    "CNAME": ("domain",),
+}
 DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
 
 
@@ -104,6 +114,7 @@ class Address(_Resource, kw_only=True, frozen=True):
     sequence: OneToHundred = 1
     health_check: HealthCheck | None = None
     region: Annotated[str, Meta(max_length=64)] = ""  # for address-level source_nearest
+    lines: Lines = msgspec.field(default_factory=lambda: [linespec.DEFAULT])
     remarks: Remarks = ""
 
 
@@ -128,6 +139,7 @@ class PoolRef(_Resource, kw_only=True, frozen=True):
     pool: Name
     sequence: OneToHundred = 1
     weight: OneToHundred = 1
+    lines: Lines = msgspec.field(default_factory=lambda: [linespec.DEFAULT])
 
 
 class Domain(_Resource, kw_only=True, frozen=True):
@@ -141,6 +153,10 @@ class Domain(_Resource, kw_only=True, frozen=True):
     pools: list[PoolRef] = []
     lb_strategy: DomainStrategy = "sequence"
     sequence_mode: SequenceMode = "preemptive"
+    # When no pool is available: answer the first enabled pool anyway (fail_open), an empty NOERROR
+    # (fail_closed), or the pool named by ``fallback_pool``.
+    all_down: AllDown = "fail_open"
+    fallback_pool: Name | None = None
     revision: int | None = None
 
 
@@ -291,12 +307,22 @@ def validate_pool(pool: Pool, name: str) -> Pool:
         value = _check_address_value(pool.type, addr.address, f"{field}.address")
         if addr.health_check is not None:
             check_health(addr.health_check, f"{field}.health_check")
+        check_lines(addr.lines, f"{field}.lines")
         addresses.append(msgspec.structs.replace(addr, address=value))
     return msgspec.structs.replace(pool, name=name, addresses=addresses, revision=None)
 
 
+def check_lines(given: list[str], field: str) -> None:
+    """Check a ``lines`` list; raise ResourceError naming the offending line (``field[i]``)."""
+    try:
+        linespec.check_lines(given)
+    except linespec.LineError as exc:
+        index = exc.args[1] if len(exc.args) > 1 else -1
+        raise ResourceError(str(exc.args[0]), field if index < 0 else f"{field}[{index}]") from None
+
+
 def validate_domain(domain: Domain, fqdn: str, pools: Mapping[str, Pool]) -> Domain:
-    """Check a decoded domain against itself and the existing ``pools``."""
+    """Check a decoded domain against itself and the existing ``pools``; return it named and canonical."""
     if domain.name is not None and normalize_fqdn(domain.name) != fqdn:
         raise ResourceError(f"name {domain.name!r} does not match the path", "name")
     seen: set[str] = set()
@@ -305,21 +331,39 @@ def validate_domain(domain: Domain, fqdn: str, pools: Mapping[str, Pool]) -> Dom
         if ref.pool in seen:
             raise ResourceError(f"pool {ref.pool!r} is listed twice", field)
         seen.add(ref.pool)
-        pool = pools.get(ref.pool)
-        if pool is None:
-            raise ResourceError(f"pool {ref.pool!r} does not exist", field)
-        if RECORD_TYPE_FOR_POOL[pool.type] != domain.record_type:
-            raise ResourceError(
-                f"pool {ref.pool!r} is of type {pool.type}; "
-                f"record type {domain.record_type} needs "
-                f"{_pool_type_for(domain.record_type)} pools",
-                field,
-            )
+        _check_pool_type(domain.record_type, ref.pool, pools, field)
+        check_lines(ref.lines, f"pools[{i}].lines")
+    all_down = domain.all_down
+    if all_down == "fallback_pool":
+        if not domain.fallback_pool:
+            raise ResourceError('all_down "fallback_pool" needs the pool to answer in fallback_pool', "fallback_pool")
+        _check_pool_type(domain.record_type, domain.fallback_pool, pools, "fallback_pool")
+    elif domain.fallback_pool:
+        raise ResourceError(
+            f'fallback_pool is answered only with all_down "fallback_pool" (all_down is {all_down!r})', "fallback_pool"
+        )
     return msgspec.structs.replace(domain, name=fqdn, revision=None)
 
 
-def _pool_type_for(record_type: str) -> str:
-    return next(t for t, r in RECORD_TYPE_FOR_POOL.items() if r == record_type)
+def _check_pool_type(record_type: str, name: str, pools: Mapping[str, Pool], field: str) -> None:
+    """Pool ``name`` exists and a domain of ``record_type`` may answer from it."""
+    pool = pools.get(name)
+    if pool is None:
+        raise ResourceError(f"pool {name!r} does not exist", field)
+    allowed = POOL_TYPES_FOR_RECORD[record_type]
+    if pool.type not in allowed:
+        raise ResourceError(
+            f"pool {name!r} is of type {pool.type}; record type {record_type} needs {' or '.join(allowed)} pools",
+            field,
+        )
+
+
+def domain_pools(domain: Domain) -> list[str]:
+    """Every pool a domain may answer from: its pools, then its fallback pool."""
+    names = [ref.pool for ref in domain.pools]
+    if domain.fallback_pool and domain.fallback_pool not in names:
+        names.append(domain.fallback_pool)
+    return names
 
 
 pool_decoder = msgspec.json.Decoder(Pool)

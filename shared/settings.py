@@ -136,6 +136,13 @@ class SchedulerSettings(_Settings, frozen=True):
     lease_s: Annotated[float, Meta(ge=0.5, le=300)] = 2.0  # a standby takes over at most this long after
 
 
+class GeoipSettings(_Settings, frozen=True):
+    """Where request-source lines find a client's country, continent and AS (the edge; the API's lookups)."""
+
+    db: str = ""  # a MaxMind GeoIP2/GeoLite2 Country or City .mmdb ("" = the data geoip2fast ships)
+    asn_db: str = ""  # a GeoLite2-ASN .mmdb for asn:N lines ("" = no AS numbers)
+
+
 class Settings(_Settings, frozen=True):
     """Everything a GTM service reads from its environment."""
 
@@ -149,6 +156,7 @@ class Settings(_Settings, frozen=True):
     edge: EdgeSettings = EdgeSettings()
     prober: ProberSettings = ProberSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    geoip: GeoipSettings = GeoipSettings()
 
 
 # Settings whose variable is not GTM_ + their path (None: not read from the environment).
@@ -264,6 +272,11 @@ def _check(s: Settings) -> Settings:
             exempt.append(str(ipaddress.ip_network(cidr, strict=False)))
         except ValueError as exc:
             raise SettingsError(f"GTM_EDGE_RRL_EXEMPT: {exc}") from None
+    for var, path in (("GTM_GEOIP_DB", s.geoip.db), ("GTM_GEOIP_ASN_DB", s.geoip.asn_db)):
+        if path and not os.path.isfile(path):
+            raise SettingsError(
+                f"{var}={path!r}: no such file (a MaxMind .mmdb database; leave it unset for the built-in data)"
+            )
     zone = _check_name("GTM_EDGE_ZONE", s.edge.zone) if s.edge.zone.strip().rstrip(".") else ""
     ns = tuple(_check_name("GTM_EDGE_NS", n) for n in s.edge.ns)
     me = f"{socket.gethostname()}-{os.getpid()}"

@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
+from services.config import lines
 from services.config.apply import apply_document_request, execute
 from services.config.backend import Backend, run_backend
 from services.config.codec import API_BASE, DOMAIN, KINDS, MAX_BODY_BYTES, Kind, etag, too_deep
@@ -26,6 +27,7 @@ from services.config.errors import (
     ApiError,
     InvalidArgument,
     PayloadTooLarge,
+    Unavailable,
     code_for_status,
     error_body,
     nats_unavailable,
@@ -35,7 +37,8 @@ from services.config.notifier import AlertPolicy, Notifier
 from services.config.openapi import OPENAPI_PATH, openapi_json
 from services.config.security import acting, admit
 from services.config.views import parse_events_query
-from shared import ops
+from shared import geo, ops
+from shared.resources import Topology
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -245,6 +248,27 @@ async def list_events(request: web.Request) -> web.Response:
     return json_response({"events": await backend.query_events(query)})
 
 
+async def _topology(request: web.Request) -> Topology | None:
+    found = await request.app[BACKEND].store.find(KINDS["topology"], "topology")
+    return found.resource if found is not None and isinstance(found.resource, Topology) else None
+
+
+async def line_catalog(request: web.Request) -> web.Response:
+    """``GET /lines``: the kinds of line, the continents, the countries and the topology's regions."""
+    return lines.json(lines.catalog(lines.topology_regions(await _topology(request))))
+
+
+async def line_lookup(request: web.Request) -> web.Response:
+    """``GET /lines/lookup?address=``: an address's country, continent, ASN, custom region and lines."""
+    net = lines.parse_address(request.query)
+    topology = await _topology(request)
+    try:
+        db = await lines.load_database(request.app[SETTINGS].geoip)
+    except geo.GeoError as exc:
+        raise Unavailable(f"the GeoIP database cannot be read: {exc}") from None
+    return json_response(lines.lookup(db, topology, net))
+
+
 async def openapi_document(request: web.Request) -> web.Response:
     """``GET /openapi.json``: the API's OpenAPI 3.1 document (public, like /healthz)."""
     return web.Response(body=openapi_json(), content_type="application/json")
@@ -314,6 +338,8 @@ def create_app(
             web.get(f"{API_BASE}/{DOMAIN.collection}/{{name}}/status", domain_status, allow_head=False),
             *(route for kind in KINDS.values() for route in resource_routes(kind)),
             web.get(f"{API_BASE}/events", list_events, allow_head=False),
+            web.get(f"{API_BASE}/lines", line_catalog, allow_head=False),
+            web.get(f"{API_BASE}/lines/lookup", line_lookup, allow_head=False),
             web.get(OPENAPI_PATH, openapi_document, allow_head=False),
             web.post(f"{API_BASE}/apply", apply_document_route),
         ]

@@ -33,7 +33,7 @@ from shared.messages import (
     pool_state_decoder,
     probe_result_decoder,
 )
-from shared.resources import Domain, Pool
+from shared.resources import Domain, Pool, domain_pools
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -131,13 +131,11 @@ class Backend:
         assert isinstance(domain, Domain) and domain.name is not None
         answer = await self.last_msg(subjects.STREAM_ANSWERS, subjects.answers(domain.name), answer_set_decoder)
         pools = []
-        for ref in domain.pools:
-            found = await store.find(POOL, ref.pool)
+        for name in domain_pools(domain):  # its pools, then its fallback pool
+            found = await store.find(POOL, name)
             pool = found.resource if found and isinstance(found.resource, Pool) else None
-            state = await self.last_msg(
-                subjects.STREAM_POOL_STATE, subjects.pool_state(ref.pool), pool_state_decoder
-            )
-            pools.append((ref.pool, pool, state))
+            state = await self.last_msg(subjects.STREAM_POOL_STATE, subjects.pool_state(name), pool_state_decoder)
+            pools.append((name, pool, state))
         return render_status(domain, answer, pools, self.probes)
 
     async def _follow_events(self) -> None:

@@ -24,6 +24,7 @@ from services.config.apply import ApplyResult, DocumentRequest
 from services.config.codec import API_BASE, DOMAIN, KINDS, MANIFEST_KINDS, Kind
 from services.config.console import STATIC_FILES
 from services.config.errors import STATUS_FOR_CODE, ApiError, ErrorBody
+from services.config.lines import LineCatalog, LineLookup
 from services.config.views import EVENT_KINDS, MAX_LIMIT, DomainStatus, EventsQuery
 from shared.messages import OperationEvent, SwitchEvent
 from shared.resources import NAME_RE
@@ -204,6 +205,8 @@ def schemas() -> dict[str, Any]:
         DocumentRequest,
         ApplyResult,
         DomainStatus,
+        LineCatalog,
+        LineLookup,
         ErrorBody,
         Health,
         Readiness,
@@ -387,6 +390,26 @@ def _other_paths() -> dict[str, Any]:
                 "tags": ["events"],
                 "parameters": _params(*_events_params()),
                 "responses": {"200": _json(events, "Switch and operation events, newest first."), **_errors(503)},
+            }
+        },
+        f"{API_BASE}/lines": {
+            "get": {
+                "operationId": "listLines",
+                "tags": ["lines"],
+                "parameters": _params(),
+                "responses": {"200": _json(_ref("LineCatalog"), "The request-source lines there are."),
+                              **_errors(503)},
+            }
+        },
+        f"{API_BASE}/lines/lookup": {
+            "get": {
+                "operationId": "lookupLines",
+                "tags": ["lines"],
+                "parameters": _params({"name": "address", "in": "query", "required": True,
+                                       "description": "An IPv4 or IPv6 address or subnet.",
+                                       "schema": {"type": "string", "minLength": 1}}),
+                "responses": {"200": _json(_ref("LineLookup"), "Where the address is and the lines it matches."),
+                              **_errors(503)},
             }
         },
         f"{API_BASE}/apply": {

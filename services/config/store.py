@@ -45,7 +45,7 @@ from services.config.validation import (
 )
 from shared import subjects
 from shared.messages import OperationEvent, encoder
-from shared.resources import NAME_RE, Domain, HealthCheck, HealthTemplate, Pool
+from shared.resources import NAME_RE, Domain, HealthCheck, HealthTemplate, Pool, domain_pools
 
 log = structlog.get_logger(__name__)
 
@@ -357,10 +357,10 @@ async def _related(reader: Reader, name: str, doc: Any, incoming: Incoming, curr
         return Related(templates=templates, domains_using=await domains_using(reader, name) if retyped else ())
     if isinstance(incoming, Domain):
         pools: dict[str, Pool] = {}
-        for ref in incoming.pools:
-            found = await reader.find(POOL, ref.pool)
+        for pool_name in domain_pools(incoming):
+            found = await reader.find(POOL, pool_name) if re.match(NAME_RE, pool_name) else None
             if found is not None and isinstance(found.resource, Pool):
-                pools[ref.pool] = found.resource
+                pools[pool_name] = found.resource
         return Related(pools=pools)
     if isinstance(incoming, HealthTemplate):
         return Related(pools_using=await pools_using(reader, name))
@@ -372,7 +372,7 @@ async def domains_using(reader: Reader, pool: str) -> tuple[str, ...]:
     return tuple(
         s.name
         for s in await reader.list_all(DOMAIN)
-        if isinstance(s.resource, Domain) and any(ref.pool == pool for ref in s.resource.pools)
+        if isinstance(s.resource, Domain) and pool in domain_pools(s.resource)
     )
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from msgspec import Meta, Struct
 
 from services.config.errors import InvalidArgument
+from shared import lines as linespec
 from shared import subjects
 from shared.messages import AnswerSet, Event, FieldChange, OperationEvent, PoolState, ProbeResult, SwitchEvent
 from shared.resources import RESOURCE_KINDS, AddressMode, Domain, Pool
@@ -33,7 +34,8 @@ def event_kind(event: Event) -> str:
 
 def switch_message(event: SwitchEvent) -> str:
     """One line describing a switch."""
-    return f"switched from {event.from_pool or '(none)'} to {event.to_pool or '(none)'}: {event.reason}"
+    which = f"line {event.line} " if event.line else ""
+    return f"{which}switched from {event.from_pool or '(none)'} to {event.to_pool or '(none)'}: {event.reason}"
 
 
 def render_event(event: Event) -> dict[str, Any]:
@@ -233,6 +235,7 @@ class AddressStatus(Struct, kw_only=True, frozen=True):
     available: bool | None
     mode: AddressMode
     region: str
+    lines: list[str]  # the request-source lines the address serves inside its pool
     waiting: str | None
     warming: bool | None
     checks: list[CheckView]
@@ -245,17 +248,31 @@ class PoolStatus(Struct, kw_only=True, frozen=True):
     available: bool | None
     warming: bool | None
     region: str
+    # the request-source lines the domain answers this pool on ([] for the fallback pool, which
+    # answers when no pool of the default line is available)
+    lines: list[str]
+    fallback_pool: bool  # it is the domain's fallback_pool (all_down "fallback_pool")
     addresses: list[AddressStatus]
 
 
+class LineAnswerView(Struct, kw_only=True, frozen=True):
+    """What the clients of one request-source line are answered (a line with a pool available)."""
+
+    line: str
+    pool: str
+    records: list[str]
+
+
 class AnswerView(Struct, kw_only=True, frozen=True):
-    """The answer the edges serve for a domain."""
+    """The answer the edges serve for a domain: to clients of the default line (and of lines with no pool
+    available); ``lines``: what the clients of the other lines get, most specific first."""
 
     pool: str
     records: list[str]
     ttl: int
     fallback: bool
     published_at: DateTime | None
+    lines: list[LineAnswerView] = []
 
 
 class DomainStatus(Struct, kw_only=True, frozen=True):
@@ -290,11 +307,18 @@ def render_answer(answer: AnswerSet | None) -> AnswerView | None:
         ttl=answer.ttl,
         fallback=answer.fallback,
         published_at=iso(answer.published_at) if answer.published_at else None,
+        lines=[LineAnswerView(line=a.line, pool=a.pool, records=list(a.records)) for a in answer.lines],
     )
 
 
 def render_pool_status(
-    name: str, pool: Pool | None, state: PoolState | None, probes: ProbeTable
+    name: str,
+    pool: Pool | None,
+    state: PoolState | None,
+    probes: ProbeTable,
+    *,
+    lines: list[str] | None = None,
+    fallback_pool: bool = False,
 ) -> PoolStatus:
     """One pool of a domain's status: availability from the scheduler, addresses from config.
 
@@ -312,6 +336,7 @@ def render_pool_status(
                 available=seen.available if seen else None,
                 mode=addr.mode,
                 region=addr.region,
+                lines=list(addr.lines),
                 waiting=seen.waiting if seen else None,
                 warming=seen.warming if seen else None,
                 checks=[render_check(r) for r in probes.checks(subjects.address_key(name, addr.name))],
@@ -322,6 +347,8 @@ def render_pool_status(
         available=state.available if state else None,
         warming=state.warming if state else None,
         region=pool.region if pool else "",
+        lines=[linespec.DEFAULT] if lines is None else lines,
+        fallback_pool=fallback_pool,
         addresses=addresses,
     )
 
@@ -345,10 +372,16 @@ def render_status(
 ) -> DomainStatus:
     """``GET /domains/{fqdn}/status``: the answer served and why."""
     assert domain.name is not None
+    refs = {ref.pool: list(ref.lines) for ref in domain.pools}
     return DomainStatus(
         domain=domain.name,
         enabled=domain.enabled,
         status=domain_phase(domain, answer, [state for _, _, state in pools]),
         answer=render_answer(answer),
-        pools=[render_pool_status(name, pool, state, probes) for name, pool, state in pools],
+        pools=[
+            render_pool_status(
+                name, pool, state, probes, lines=refs.get(name, []), fallback_pool=name == domain.fallback_pool
+            )
+            for name, pool, state in pools
+        ],
     )

@@ -27,7 +27,9 @@ from typing import Any, NamedTuple
 import dnslib  # type: ignore[import-untyped]  # ships no type hints
 
 from services.edge import wire
+from services.edge.locate import UNKNOWN, ClientClass
 from services.edge.wire import QType, Rcode
+from shared import lines as linespec
 from shared.messages import AnswerGroup, AnswerSet
 
 # (head rd=0, head rd=1, body, edns head rd=0, edns head rd=1, edns body)
@@ -154,9 +156,15 @@ NODATA = Answer.fixed(make_variant(rcode=_NOERROR, aa=True))
 
 
 class Compiled:
-    """One domain's responses: the answer for its type, NODATA for the others, per-region answers."""
+    """One domain's responses: the answer for its type, NODATA for the others, per-region or per-line answers.
 
-    __slots__ = ("answer", "by_region", "name", "nodata", "raw", "revision", "rtype", "skipped")
+    ``other`` answers the other query types when some records are CNAME in a domain of another
+    type (a domain-name pool of an A domain): a CNAME whatever the type asked, NODATA beside
+    the domain's own records.  ``lined`` resolves the answers of a domain with request-source
+    lines per client (``answer``/``other`` are then the answers of a client matching no line).
+    """
+
+    __slots__ = ("answer", "by_region", "lined", "name", "nodata", "other", "raw", "revision", "rtype", "skipped")
 
     def __init__(
         self,
@@ -166,6 +174,8 @@ class Compiled:
         nodata: Answer,
         by_region: dict[str, Answer] | None = None,
         skipped: tuple[str, ...] = (),
+        other: Answer | None = None,
+        lined: Lined | None = None,
     ) -> None:
         self.name = name  # lower-case wire name
         self.rtype = rtype  # 0: disabled (REFUSED)
@@ -173,16 +183,22 @@ class Compiled:
         self.nodata = nodata
         self.by_region = by_region  # region -> answer when the client's location matters
         self.skipped = skipped  # records that could not be encoded
+        self.other = other  # for the other query types (None: NODATA)
+        self.lined = lined  # per-client answers of a domain with lines (None: none)
         self.revision = 0  # of the AnswerSet compiled (0: its publisher did not say)
         self.raw = b""  # that AnswerSet encoded, as the disk snapshot stores it
+
+    def own_type(self, qtype: int) -> bool:
+        """Whether a query of type ``qtype`` is answered with the domain's records (else ``other``/NODATA)."""
+        return qtype == self.rtype or qtype == _ANY or self.rtype == _CNAME
 
     def answer_for(self, qtype: int) -> Answer:
         """The (location-independent) answer to a query of type ``qtype``."""
         if not self.rtype or qtype in _TRANSFERS:
             return REFUSED
-        if self.answer is not None and (qtype == self.rtype or qtype == _ANY or self.rtype == _CNAME):
-            return self.answer
-        return self.nodata
+        if self.own_type(qtype):
+            return self.answer if self.answer is not None else self.nodata
+        return self.other if self.other is not None else self.nodata
 
 
 def weighted_table(weights: Sequence[int]) -> list[int]:
@@ -207,14 +223,39 @@ class _Group(NamedTuple):
     weights: list[int]
     regions: list[str]  # per record, "" when none
     source: AnswerGroup
+    lines: list[tuple[str, ...]] = []  # per record when the group has address lines, else empty
+    cname: bool = False  # its records are CNAME (a domain-name pool of an A or AAAA domain, or a CNAME domain)
 
-    def subset(self, region: str | None) -> tuple[int, ...]:
-        """Indices of the records served to a client of ``region``: its own, else all."""
+    def subset(self, region: str | None, matches: Sequence[linespec.Match] = ()) -> tuple[int, ...]:
+        """Indices of the records served to a client of ``region`` and lines ``matches``.
+
+        The records of the client's most specific line that has any (all when none has), and
+        among those the ones of its region (all when none is).
+        """
+        chosen: Sequence[int] = range(len(self.rrs))
+        if matches and self.lines:
+            for m in matches:
+                mine = [i for i in chosen if m.line in self.lines[i]]
+                if mine:
+                    chosen = mine
+                    break
         if region:
-            mine = tuple(i for i, r in enumerate(self.regions) if r == region)
+            mine = [i for i in chosen if self.regions[i] == region]
             if mine:
-                return mine
-        return tuple(range(len(self.rrs)))
+                return tuple(mine)
+        return tuple(chosen)
+
+    def line_prefix(self, matches: Sequence[linespec.Match]) -> int:
+        """The longest prefix among ``matches`` up to the first one whose line some record has (0: none)."""
+        if not self.lines:
+            return 0
+        have = {line for lines in self.lines for line in lines}
+        longest = 0
+        for m in matches:
+            longest = max(longest, m.prefix)
+            if m.line in have:
+                break
+        return longest
 
 
 def _encode_record(record: str, rtype: int, ttl: int, skipped: list[str]) -> bytes | None:
@@ -237,27 +278,34 @@ def _encode_records(records: list[str], rtype: int, ttl: int, skipped: list[str]
 
 
 def _encode_group(group: AnswerGroup, rtype: int, ttl: int, skipped: list[str]) -> _Group:
-    """Encode a group's records as answer RRs with their weights and regions; collect bad records."""
+    """Encode a group's records as answer RRs with their weights, regions and lines; collect bad records."""
     n = len(group.records)
-    if not group.record_weights and not group.record_regions:  # the common shape: records only
+    cname = rtype == _CNAME or group.record_type == "CNAME"
+    if cname:
+        rtype = _CNAME
+    if not group.record_weights and not group.record_regions and not group.record_lines:  # the common shape
         encoded = _encode_records(group.records, rtype, ttl, skipped)
-        return _Group(encoded, [1] * len(encoded), [""] * len(encoded), group)
+        return _Group(encoded, [1] * len(encoded), [""] * len(encoded), group, [], cname)
     rrs: list[bytes] = []
     weights: list[int] = []
     regions: list[str] = []
+    lines: list[tuple[str, ...]] = []
     padded_w = list(group.record_weights[:n]) + [1] * (n - len(group.record_weights))
     padded_r = list(group.record_regions[:n]) + [""] * (n - len(group.record_regions))
-    for record, weight, region in zip(group.records, padded_w, padded_r, strict=True):
+    padded_l = [tuple(x) for x in group.record_lines[:n]] + [(linespec.DEFAULT,)] * (n - len(group.record_lines))
+    for record, weight, region, line in zip(group.records, padded_w, padded_r, padded_l, strict=True):
         rr = _encode_record(record, rtype, ttl, skipped)
         if rr is not None:
             rrs.append(rr)
             weights.append(weight)
             regions.append(region)
-    return _Group(rrs, weights, regions, group)
+            lines.append(line or (linespec.DEFAULT,))
+    return _Group(rrs, weights, regions, group, lines if group.record_lines else [], cname)
 
 
 def _group_answer(group: _Group, subset: tuple[int, ...] | None, cname: bool) -> Answer:
     """The answer of the records ``subset`` (None: all) of one group, by its mode (weights, rotation, fixed)."""
+    cname = cname or group.cname
     rrs = group.rrs if subset is None else [group.rrs[i] for i in subset]
     if group.source.record_weights:
         variants = [make_variant(rcode=_NOERROR, aa=True, rrs=(rr,)) for rr in rrs]
@@ -304,6 +352,17 @@ def _select(groups: list[_Group], selection: Selection, cname: bool) -> Answer:
     return _by_weight(answers, [groups[i].source.weight for i, _ in selection])
 
 
+def _select_other(groups: list[_Group], selection: Selection) -> Answer | None:
+    """The answer to the other query types for ``selection``: its CNAME groups, NODATA for the rest.
+
+    None when all of it is NODATA.
+    """
+    if not any(groups[i].cname for i, _ in selection):
+        return None
+    answers = [_group_answer(groups[i], subset, True) if groups[i].cname else NODATA for i, subset in selection]
+    return _by_weight(answers, [groups[i].source.weight for i, _ in selection])
+
+
 def _regional(groups: list[_Group], nearest: bool, cname: bool) -> tuple[Answer, dict[str, Answer] | None]:
     """The default answer, and the answers of the regions served something else (None if none)."""
     default = _selection(groups, None, nearest)
@@ -320,7 +379,81 @@ def _regional(groups: list[_Group], nearest: bool, cname: bool) -> tuple[Answer,
 
 def _is_fixed(group: AnswerGroup) -> bool:
     """Whether a group always answers the same records, whoever asks."""
-    return not group.record_weights and not group.record_regions and (not group.rotate or len(group.records) < 2)
+    return (
+        not group.record_weights
+        and not group.record_regions
+        and not group.record_lines
+        and (not group.rotate or len(group.records) < 2)
+    )
+
+
+# What a Lined answer resolves to for one client: (own-type answer, other-type answer, ECS scope).
+Resolved = tuple[Answer | None, Answer | None, int]
+LINED_CACHE = 4096  # client classes remembered per domain (then forgotten all at once)
+
+
+class Lined:
+    """A domain's answers per request-source line, resolved per client class and cached.
+
+    The answer of a client is that of its most specific matching line that has one (a pool
+    available), else the top level's; inside each group, the records of its most specific
+    line that has any.  The scope is the longest prefix of the data entries that decided.
+    """
+
+    __slots__ = ("_by_line", "_cache", "_cname", "_kinds", "_top")
+
+    def __init__(
+        self,
+        top: tuple[list[_Group], bool],
+        by_line: dict[str, tuple[list[_Group], bool]],
+        cname: bool,
+    ) -> None:
+        self._top = top  # (groups, nearest)
+        self._by_line = by_line  # line -> (groups, nearest), most specific first
+        self._cname = cname
+        self._cache: dict[ClientClass, Resolved] = {}
+
+    def resolve(self, cls: ClientClass) -> Resolved:
+        """The answers and ECS scope for clients of ``cls`` (cached per class)."""
+        hit = self._cache.get(cls)
+        if hit is None:
+            if len(self._cache) >= LINED_CACHE:
+                self._cache.clear()
+            hit = self._cache[cls] = self._resolve(cls)
+        return hit
+
+    def _resolve(self, cls: ClientClass) -> Resolved:
+        groups, nearest = self._top
+        scope = 0
+        for m in cls.matches:
+            scope = max(scope, m.prefix)
+            if m.line in self._by_line:
+                groups, nearest = self._by_line[m.line]
+                break
+        if not groups:
+            return None, None, scope
+        region = cls.region or None
+        if nearest:
+            index = next((i for i, g in enumerate(groups) if region and g.source.region == region), 0)
+            picked = [index]
+        else:
+            picked = list(range(len(groups)))
+        selection = tuple((i, groups[i].subset(region, cls.matches)) for i in picked)
+        scope = max([scope] + [groups[i].line_prefix(cls.matches) for i in picked])
+        return _select(groups, selection, self._cname), _select_other(groups, selection), scope
+
+
+def _lined(
+    aset: AnswerSet, rtype: int, ttl: int, skipped: list[str]
+) -> tuple[list[_Group], dict[str, tuple[list[_Group], bool]]]:
+    """The encoded groups of the top level and of each line of ``aset``."""
+    top = [g for g in (_encode_group(group, rtype, ttl, skipped) for group in aset.groups) if g.rrs]
+    by_line: dict[str, tuple[list[_Group], bool]] = {}
+    for line in aset.lines:
+        groups = [g for g in (_encode_group(group, rtype, ttl, skipped) for group in line.groups) if g.rrs]
+        if groups and line.line not in by_line:
+            by_line[line.line] = (groups, line.select == SELECT_NEAREST)
+    return top, by_line
 
 
 def compile_answer_set(aset: AnswerSet, nodata: Answer = NODATA, *, name: bytes | None = None) -> Compiled:
@@ -334,21 +467,32 @@ def compile_answer_set(aset: AnswerSet, nodata: Answer = NODATA, *, name: bytes 
         raise wire.Malformed(f"unsupported record type {aset.record_type!r}")
     ttl = min(max(aset.ttl, 0), MAX_TTL)
     skipped: list[str] = []
+    cname = rtype == _CNAME
+    if aset.lines or any(g.record_lines for g in aset.groups):
+        top, by_line = _lined(aset, rtype, ttl, skipped)
+        lined = Lined((top, aset.select == SELECT_NEAREST), by_line, cname)
+        answer, other, _ = lined.resolve(UNKNOWN)
+        return Compiled(name, rtype, answer, nodata, None, tuple(skipped), other, lined)
     if len(aset.groups) == 1 and _is_fixed(aset.groups[0]):  # the common shape, compiled in one go
-        rrs = _encode_records(aset.groups[0].records, rtype, ttl, skipped)
-        if rtype == _CNAME:
+        group = aset.groups[0]
+        typed = _CNAME if group.record_type == "CNAME" else rtype
+        rrs = _encode_records(group.records, typed, ttl, skipped)
+        if typed == _CNAME:
             rrs = rrs[:1]
         answer = Answer.fixed(make_variant(rcode=_NOERROR, aa=True, rrs=rrs)) if rrs else None
-        return Compiled(name, rtype, answer, nodata, None, tuple(skipped) if skipped else ())
+        other = answer if typed != rtype else None  # a CNAME answers every type
+        return Compiled(name, rtype, answer, nodata, None, tuple(skipped) if skipped else (), other)
     groups = [g for g in (_encode_group(group, rtype, ttl, skipped) for group in aset.groups) if g.rrs]
     if not groups:
         return Compiled(name, rtype, None, nodata, None, tuple(skipped))
-    cname = rtype == _CNAME
     nearest = aset.select == SELECT_NEAREST
+    default = _selection(groups, None, nearest)
+    other = None if cname else _select_other(groups, default)
     if (nearest and len(groups) > 1) or any(g.source.record_regions for g in groups):
         answer, by_region = _regional(groups, nearest, cname)
-        return Compiled(name, rtype, answer, nodata, by_region, tuple(skipped))
+        return Compiled(name, rtype, answer, nodata, by_region, tuple(skipped), other)
     if nearest:  # one group: nothing to choose
-        return Compiled(name, rtype, _group_answer(groups[0], None, cname), nodata, None, tuple(skipped))
+        return Compiled(name, rtype, _group_answer(groups[0], None, cname), nodata, None, tuple(skipped), other)
     answers = [_group_answer(g, None, cname) for g in groups]
-    return Compiled(name, rtype, _by_weight(answers, [g.source.weight for g in groups]), nodata, None, tuple(skipped))
+    answer = _by_weight(answers, [g.source.weight for g in groups])
+    return Compiled(name, rtype, answer, nodata, None, tuple(skipped), other)

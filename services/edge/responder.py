@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 
 from services.edge import wire
-from services.edge.compile import REFUSED, Variant
+from services.edge.compile import REFUSED, Compiled, Variant
 from services.edge.stats import QueryCounts
 from services.edge.table import AnswerTable
 from services.edge.wire import QType, Rcode
@@ -29,11 +29,12 @@ _FORMERR, _NOTIMP, _BADVERS = int(Rcode.FORMERR), int(Rcode.NOTIMP), int(Rcode.B
 class Responder:
     """Answers queries from an :class:`AnswerTable` (which it reads live)."""
 
-    __slots__ = ("_counted", "_counts", "_fast", "_table")
+    __slots__ = ("_counted", "_counts", "_fast", "_lined", "_table")
 
     def __init__(self, table: AnswerTable, counts: QueryCounts | None = None) -> None:
         self._table = table
         self._fast = table.fast
+        self._lined = table.lined
         self._counts = counts if counts is not None else QueryCounts()
         self._counted = self._counts.fast
 
@@ -51,6 +52,11 @@ class Responder:
                     counted[key] = counted.get(key, 0) + 1
                     v = pick()
                     return data[:2] + v[data[2] & 1] + question + v[2]
+                lined = self._lined.get(key)
+                if lined is not None:
+                    found = self._for_client(key, lined, client)
+                    if found is not None:
+                        return data[:2] + found[data[2] & 1] + question + found[2]
             elif counts == _EDNS_COUNTS and data[-11:-8] == _OPT_START and not data[-5] and data[-2:] == _NO_RDATA:
                 question = data[12:-11]
                 key = question.lower()
@@ -60,10 +66,30 @@ class Responder:
                     counted[key] = counted.get(key, 0) + 1
                     v = pick()
                     return data[:2] + v[3 + (data[2] & 1)] + question + v[5]
+                lined = self._lined.get(key)
+                if lined is not None:
+                    found = self._for_client(key, lined, client)
+                    if found is not None:
+                        return data[:2] + found[3 + (data[2] & 1)] + question + found[5]
         reply = self.answer_slow(data, tcp, client)
         if reply is not None:
             self._counts.count_reply(reply)
         return reply
+
+    def _for_client(self, key: bytes, lined: tuple[Compiled, bool], client: object) -> Variant | None:
+        """The variant for a query without ECS to a domain with lines, by the resolver's address
+        (None: it does not fit 512 bytes, so the slow path truncates it)."""
+        compiled, own = lined
+        assert compiled.lined is not None
+        locator = self._table.locator
+        cls = locator.for_host(client[0]) if type(client) is tuple and client else locator.locate(None, client)
+        mine, other, _ = compiled.lined.resolve(cls)
+        answer = (mine if own else other) or compiled.nodata
+        if answer.max_body > self._table.room(key):
+            return None
+        counted = self._counted
+        counted[key] = counted.get(key, 0) + 1
+        return answer.pick()
 
     def answer_slow(self, data: bytes, tcp: bool = False, client: object = None) -> bytes | None:
         """The reply to ``data`` after parsing it fully (any packet, any shape)."""
@@ -91,7 +117,15 @@ class Responder:
         if query.qclass == wire.CLASS_IN:
             table = self._table
             answer, compiled = table.lookup(query.question[:-4].lower(), query.qtype)
-            if compiled is not None and compiled.by_region is not None and answer is compiled.answer:
+            if compiled is not None and compiled.lined is not None and answer is not REFUSED and (
+                answer is compiled.answer or answer is compiled.other or answer is compiled.nodata
+            ):
+                # A domain with lines: the answer of the client's line, and its data's prefix as the ECS scope.
+                mine, other, line_scope = compiled.lined.resolve(table.locator.locate(query.ecs, client))
+                answer = (mine if compiled.own_type(query.qtype) else other) or compiled.nodata
+                if query.ecs is not None and query.ecs.source:
+                    scope = line_scope or query.ecs.source
+            elif compiled is not None and compiled.by_region is not None and answer is compiled.answer:
                 # The answer depends on where the client is: look it up, and say so in the ECS scope.
                 region = table.regions.locate(query.ecs, client)
                 answer = compiled.by_region.get(region, answer)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import time
 import urllib.parse
@@ -23,8 +24,8 @@ from services.edge.server import DnsListener
 from services.edge.stats import QueryCounts, RrlCounts, Serving, register_collector
 from services.edge.table import AnswerTable
 from services.edge.zone import Zone
-from shared import bus, ops
-from shared.settings import RrlSettings, Settings, split_host_port
+from shared import bus, geo, ops
+from shared.settings import GeoipSettings, RrlSettings, Settings, split_host_port
 
 log = structlog.get_logger(__name__)
 
@@ -167,6 +168,19 @@ async def _follow(
     return feed
 
 
+def load_geo(settings: GeoipSettings) -> geo.GeoDatabase | None:
+    """The GeoIP database of request-source lines (loaded when a client is first located); None if unreadable."""
+    started = time.monotonic()
+    try:
+        db = geo.open_database(settings.db, settings.asn_db)
+    except geo.GeoError as exc:
+        log.error("geoip_unavailable", error=str(exc), effect="clients match only region and default lines")
+        return None
+    log.info("geoip_loaded", source=db.source, asn_source=db.asn_source or "none",
+             seconds=round(time.monotonic() - started, 3))
+    return db
+
+
 async def run(
     settings: Settings,
     stop: asyncio.Event,
@@ -185,7 +199,9 @@ async def run(
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     path = store.path_for(edge.state_dir, host, port)
     zone = Zone(edge.zone, list(edge.ns)) if edge.zone else None
-    table = AnswerTable(zone=zone, keep_encoded=path is not None and persist)  # only a writer needs them
+    table = AnswerTable(  # only a writer needs the encoded answers
+        zone=zone, keep_encoded=path is not None and persist, geo=functools.partial(load_geo, settings.geoip)
+    )
     if table.zone is not None:
         log.info("zone_served", zone=table.zone.text)
     serving = Serving()

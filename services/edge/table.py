@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from services.edge import wire
 from services.edge.compile import REFUSED, Answer, Compiled, Picker, compile_answer_set
+from services.edge.locate import Locator
 from services.edge.topology import EMPTY, RegionMap
 from services.edge.wire import QType
 from services.edge.zone import Zone
+from shared.geo import GeoDatabase
 from shared.messages import AnswerSet, encoder
 
 # Query types answered on the fast path (others parse the packet): what resolvers ask most.
@@ -61,8 +63,18 @@ class AnswerTable:
     decision beats no answer, and the current leader publishes over it.
     """
 
-    def __init__(self, zone: Zone | None = None, *, keep_encoded: bool = True) -> None:
+    def __init__(
+        self,
+        zone: Zone | None = None,
+        *,
+        keep_encoded: bool = True,
+        geo: Callable[[], GeoDatabase | None] | None = None,
+    ) -> None:
         self.fast: dict[bytes, Picker] = {}
+        # question -> the domain with lines it asks for, and whether it asks for the domain's own type:
+        # answered without parsing when the query carries no ECS (see Responder.answer)
+        self.lined: dict[bytes, tuple[Compiled, bool]] = {}
+        self.locator = Locator(EMPTY, geo)  # client -> the lines it matches, for domains with lines
         self.keep_encoded = keep_encoded  # ~0.45 KB a domain
         self.names: dict[bytes, Compiled] = {}
         self.zone = zone
@@ -136,6 +148,7 @@ class AnswerTable:
     def set_topology(self, value: bytes | None, regions: RegionMap) -> None:
         """Serve ``regions``, decoded from the config bucket's topology ``value`` (kept for the snapshot)."""
         self.regions, self.topology = regions, value or None
+        self.locator.set_regions(regions)
         self.changes += 1
 
     def revision(self, name: bytes) -> int:
@@ -172,18 +185,30 @@ class AnswerTable:
         return itertools.chain((c.raw for c in compiled), map(encoder.encode, tombstones))
 
     def _add_fast(self, compiled: Compiled) -> None:
-        """Put the fast-path responses of a domain in ``fast`` (those that fit and ignore the client)."""
+        """Put the fast-path responses of a domain in ``fast`` (those that fit and ignore the client).
+
+        A domain with lines goes in ``lined`` instead: its answer is resolved per client.
+        """
         name, rtype, nodata = compiled.name, compiled.rtype, compiled.nodata
+        cname = rtype == QType.CNAME
+        if compiled.lined is not None:
+            for qtype, tail in _FAST_TAILS:
+                self.lined[name + tail] = (compiled, compiled.own_type(qtype))
+            if cname:
+                self.lined[name + _CNAME_TAIL] = (compiled, True)
+            return
         answer: Answer | None = compiled.answer
+        other: Answer | None = compiled.other if compiled.other is not None else nodata
         if answer is None:
-            answer = nodata  # no records: NODATA whatever the type
+            answer = nodata  # no records: NODATA whatever the type (or the CNAME of ``other``)
         elif compiled.by_region is not None:
             answer = None  # depends on the client's location: slow path
-        cname = rtype == QType.CNAME
+            if compiled.other is not None:
+                other = None
         room = _ROOM - len(name)
         fast = self.fast
         for qtype, tail in _FAST_TAILS:
-            chosen = answer if cname or qtype == rtype else nodata
+            chosen = answer if cname or qtype == rtype else other
             if chosen is not None and chosen.max_body <= room:
                 fast[name + tail] = chosen.pick
         if cname and answer is not None and answer.max_body <= room:
@@ -217,7 +242,13 @@ class AnswerTable:
     def _drop_fast(self, name: bytes) -> None:
         for _, tail in _FAST_TAILS:
             self.fast.pop(name + tail, None)
+            self.lined.pop(name + tail, None)
         self.fast.pop(name + _CNAME_TAIL, None)
+        self.lined.pop(name + _CNAME_TAIL, None)
+
+    def room(self, key: bytes) -> int:
+        """The longest EDNS body a reply to the question ``key`` may carry and still fit 512 bytes."""
+        return _ROOM - len(key) + 4
 
     def _count(self, name: bytes, delta: int) -> None:
         """Track the empty non-terminals of the zone (they answer NODATA, not NXDOMAIN)."""

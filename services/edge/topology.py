@@ -51,9 +51,13 @@ class RegionMap:
 
     def lookup(self, family: int, address: bytes, bits: int | None = None) -> str:
         """Region of ``address`` (4 or 16 bytes); only prefixes no longer than ``bits`` match; "" if none."""
+        return self.find(family, address, bits)[0]
+
+    def find(self, family: int, address: bytes, bits: int | None = None) -> tuple[str, int]:
+        """(region, prefix length of the entry that matched) of ``address``, as :meth:`lookup`; ("", 0) if none."""
         levels = self._levels.get(family)
         if not levels:
-            return ""
+            return "", 0
         width = len(address) * 8
         value = int.from_bytes(address, "big")
         limit = width if bits is None else bits
@@ -61,8 +65,8 @@ class RegionMap:
             if length <= limit:
                 region = nets.get(value >> (width - length))
                 if region is not None:
-                    return region
-        return ""
+                    return region, length
+        return "", 0
 
     def locate(self, ecs: wire.ClientSubnet | None, client: object) -> str:
         """Region of a query: by its ECS subnet when it has a usable one, else by its source address."""

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -225,45 +226,67 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     for ref in sorted(dom["pools"], key=lambda r: r["sequence"]):
         p = pools.get(ref["pool"], {})
         ok = [a["name"] for a in p.get("addresses", []) if a.get("available")]
+        lines = ref.get("lines", ["default"])
         print(f"  #{ref['sequence']} {ref['pool']:<22} weight {ref['weight']:<3} {_state(p.get('available'))}"
-              f"  available addresses: {', '.join(ok) or 'none'}")
+              f"  available addresses: {', '.join(ok) or 'none'}"
+              + ("" if lines == ["default"] else f"  lines: {', '.join(lines)}"))
     ans = st.get("answer")
     if ans:
-        why = "no pool is available, so it fails open to the first enabled pool" if ans["fallback"] else (
+        why = _all_down_text(dom) if ans["fallback"] else (
             f"{ans['pool']} is the pool the {dom['lb_strategy']} strategy picks among the available ones")
         print(f"answer: {', '.join(ans['records']) or '(no records)'} from {ans['pool'] or '-'}: {why}")
     else:
         print("answer: none published yet (warming up or disabled)")
     if args.client_subnet:
-        return _explain_client(client, args.client_subnet, dom)
+        return _explain_client(client, args.client_subnet, dom, st)
     return EXIT_OK
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+def _all_down_text(dom: dict[str, Any]) -> str:
+    """What the domain does with no pool available, in words."""
+    policy = dom.get("all_down") or "fail_open"
+    if policy == "fail_closed":
+        return "no pool is available, so it answers no records (all_down fail_closed)"
+    if policy == "fallback_pool":
+        return f"no pool is available, so it answers its fallback pool {dom.get('fallback_pool')}"
+    return "no pool is available, so it fails open to the first enabled pool"
 
 
-def _covers(entry: Network, net: Network) -> bool:
-    """Whether topology ``entry`` contains ``net`` (never across address families)."""
-    if isinstance(entry, ipaddress.IPv4Network) and isinstance(net, ipaddress.IPv4Network):
-        return net.subnet_of(entry)
-    if isinstance(entry, ipaddress.IPv6Network) and isinstance(net, ipaddress.IPv6Network):
-        return net.subnet_of(entry)
-    return False
-
-
-def _explain_client(client: Client, subnet: str, dom: dict[str, Any]) -> int:
+def _explain_client(client: Client, subnet: str, dom: dict[str, Any], st: dict[str, Any]) -> int:
+    """Which request-source line a client subnet matches for the domain, the pools of it, and why."""
     try:
         net = ipaddress.ip_network(subnet, strict=False)
     except ValueError:
         raise GtmctlError(f"{subnet!r} is not a subnet") from None
-    topo = client.call("GET", "/topology").get("entries", [])
-    matches = [e for e in topo if _covers(ipaddress.ip_network(e["cidr"], strict=False), net)]
-    best = max(matches, key=lambda e: ipaddress.ip_network(e["cidr"], strict=False).prefixlen, default=None)
-    region = best["region"] if best else None
-    print(f"client {net}: region {region or '(none: no topology entry matches)'}"
-          + (f" via {best['cidr']}" if best else ""))
+    found = client.call("GET", "/lines/lookup?" + urllib.parse.urlencode({"address": str(net)}))
+    where = [
+        f"region {found['region']} via {found['region_cidr']}" if found.get("region") else "",
+        f"AS{found['asn']}" + (f" {found['isp']}" if found.get("isp") else "") if found.get("asn") else "",
+        f"country {found['country']} {found.get('country_name') or ''}".rstrip() if found.get("country") else "",
+        f"continent {found['continent']}" if found.get("continent") else "",
+    ]
+    print(f"client {net}: {', '.join(w for w in where if w) or 'nowhere known (private or unlisted)'}")
+    print(f"  matches, most specific first: {', '.join(found['lines'])}")
+    present = {line for ref in dom["pools"] for line in ref.get("lines", ["default"])}
+    answer = st.get("answer") or {}
+    answered = {a["line"]: a for a in answer.get("lines", [])}
+    for line in found["lines"]:
+        if line not in present:
+            continue
+        if line in answered:
+            a = answered[line]
+            print(f"  line {line}: answered by {a['pool']} -> {', '.join(a['records']) or '(no records)'}")
+            return EXIT_OK
+        if line == "default":
+            break
+        print(f"  line {line}: on this domain, but none of its pools is available; trying the next line")
+    why = "the default line" if "default" in present else "no line of the domain matches"
+    if answer.get("fallback"):
+        why += ", with no pool available: the all-down policy"
+    records = ", ".join(answer.get("records", [])) or "(no records)"
+    print(f"  {why}: answered by {answer.get('pool') or '-'} -> {records}")
     if dom["lb_strategy"] == "source_nearest":
-        print("  source_nearest answers the available pool of that region, else the first available pool")
+        print("  source_nearest answers the available pool of the client's region, else the first available pool")
     return EXIT_OK
 
 
@@ -308,7 +331,7 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_events)
     x = sub.add_parser("explain", help="which pool and addresses a domain answers, and why")
     x.add_argument("domain")
-    x.add_argument("--client-subnet", help="explain for a client in this subnet (source_nearest)")
+    x.add_argument("--client-subnet", help="explain for a client in this subnet: its line, region and answer")
     x.set_defaults(func=cmd_explain)
     return p
 

@@ -7,7 +7,8 @@ from collections.abc import Collection, Mapping, Sequence
 import msgspec
 from msgspec import Struct
 
-from shared.messages import AddressState, AnswerGroup, AnswerSet, PoolState
+from shared import lines as linespec
+from shared.messages import AddressState, AnswerGroup, AnswerSet, LineAnswer, PoolState
 from shared.resources import Address, Domain, Pool, PoolRef
 
 # Share of enabled addresses that must be available, in percent.
@@ -45,26 +46,55 @@ def pool_available(pool: Pool, available: Collection[str]) -> bool:
 def pool_group(
     pool: Pool, available: Collection[str], current: str | None
 ) -> tuple[AnswerGroup | None, str | None]:
-    """Records the pool answers from its ``available`` addresses, and the address now held."""
+    """Records the pool answers from its ``available`` addresses, and the address now held.
+
+    With address lines, each record says the lines it serves (``record_lines``); a ``sequence``
+    pool then answers the first available address of each line (and holds the default line's).
+    """
     name = pool.name or ""
     up = [a for a in enabled_addresses(pool) if a.name in available]
     if not up:
         return None, None
+    lined = any(not linespec.is_default_only(a.lines) for a in pool.addresses)
     if pool.lb_strategy == "sequence":
-        ordered = sorted(enumerate(up), key=lambda ia: (ia[1].sequence, ia[0]))
-        chosen = ordered[0][1]
-        if pool.sequence_mode == "non_preemptive" and current is not None:
-            chosen = next((a for a in up if a.name == current), chosen)
-        held = chosen.name if pool.sequence_mode == "non_preemptive" else None
-        return AnswerGroup(pool=name, records=[chosen.address]), held
+        ordered = [a for _, a in sorted(enumerate(up), key=lambda ia: (ia[1].sequence, ia[0]))]
+        preemptive = pool.sequence_mode != "non_preemptive"
+        if not lined:
+            chosen = ordered[0]
+            if not preemptive and current is not None:
+                chosen = next((a for a in up if a.name == current), chosen)
+            return AnswerGroup(pool=name, records=[chosen.address]), None if preemptive else chosen.name
+        return _sequence_by_line(name, ordered, current=None if preemptive else current, preemptive=preemptive)
     records = [a.address for a in up]
+    record_lines = [list(a.lines) for a in up] if lined else []
     if pool.lb_strategy == "weight":
-        return AnswerGroup(pool=name, records=records, record_weights=[a.weight for a in up]), None
+        weights = [a.weight for a in up]
+        return AnswerGroup(pool=name, records=records, record_weights=weights, record_lines=record_lines), None
     if pool.lb_strategy == "source_nearest":
         # the edge serves the records of the client's region when there are any, else all
         regions = [a.region for a in up]
-        return AnswerGroup(pool=name, records=records, rotate=True, record_regions=regions), None
-    return AnswerGroup(pool=name, records=records, rotate=True), None  # round_robin
+        group = AnswerGroup(pool=name, records=records, rotate=True, record_regions=regions, record_lines=record_lines)
+        return group, None
+    return AnswerGroup(pool=name, records=records, rotate=True, record_lines=record_lines), None  # round_robin
+
+
+def _sequence_by_line(
+    name: str, ordered: list[Address], *, current: str | None, preemptive: bool
+) -> tuple[AnswerGroup, str | None]:
+    """A sequence pool with address lines: the first available address (by sequence) of each line."""
+    serves: dict[str, list[str]] = {}  # address name -> the lines it is chosen for, in first-chosen order
+    by_name = {a.name: a for a in ordered}
+    held = None
+    for line in linespec.by_specificity(line for a in ordered for line in a.lines):
+        candidates = [a for a in ordered if line in a.lines]
+        chosen = candidates[0]
+        if line == linespec.DEFAULT:
+            if current is not None:
+                chosen = next((a for a in candidates if a.name == current), chosen)
+            held = None if preemptive else chosen.name
+        serves.setdefault(chosen.name, []).append(line)
+    records = [by_name[n].address for n in serves]
+    return AnswerGroup(pool=name, records=records, record_lines=list(serves.values())), held
 
 
 def evaluate_pool(
@@ -113,6 +143,11 @@ def ordered_refs(domain: Domain, views: Mapping[str, PoolView]) -> list[PoolRef]
     return [r for _, r in refs if r.pool in views and views[r.pool].pool.enabled]
 
 
+def domain_lines(domain: Domain) -> list[str]:
+    """The request-source lines a domain's pools are on, most specific first."""
+    return linespec.by_specificity(line for ref in domain.pools for line in ref.lines)
+
+
 def decide_domain(
     name: str,
     domain: Domain,
@@ -121,7 +156,12 @@ def decide_domain(
     views: Mapping[str, PoolView],
     previous: AnswerSet | None,
 ) -> AnswerSet:
-    """The answer set of one domain from its pools' views and its previous answer."""
+    """The answer set of one domain from its pools' views and its previous answer.
+
+    Each request-source line is decided among the pools on it; the default line's answer (or,
+    when no pool of the default line is available, the all-down policy's) is the top level, the
+    other lines that have a pool available go in ``lines``.
+    """
     base = AnswerSet(
         domain=name,
         enabled=domain.enabled,
@@ -132,27 +172,80 @@ def decide_domain(
     if not domain.enabled:
         return base
     refs = ordered_refs(domain, views)
-    if not refs:
-        return base
+    held = previous.pool if previous is not None else None
+    top = _among(base, domain, [r for r in refs if linespec.DEFAULT in r.lines], views, held)
+    if top is None:
+        top = _all_down(base, domain, refs, views)
+    others = []
+    previous_lines = {a.line: a.pool for a in previous.lines} if previous is not None else {}
+    for line in domain_lines(domain):
+        if line == linespec.DEFAULT:
+            continue
+        chosen = _among(base, domain, [r for r in refs if line in r.lines], views, previous_lines.get(line))
+        if chosen is not None:
+            others.append(
+                LineAnswer(line=line, groups=chosen.groups, pool=chosen.pool, records=chosen.records,
+                           select=chosen.select)
+            )
+    return msgspec.structs.replace(top, lines=others) if others else top
+
+
+def _among(
+    base: AnswerSet, domain: Domain, refs: list[PoolRef], views: Mapping[str, PoolView], held: str | None
+) -> AnswerSet | None:
+    """The answer of the domain's strategy among ``refs`` (``held``: the pool a non-preemptive
+    sequence keeps); None when none of them is available."""
     up = [r for r in refs if views[r.pool].available]
     if not up:
-        return _fallback(base, views[refs[0].pool], nearest=domain.lb_strategy == "source_nearest")
+        return None
     strategy = domain.lb_strategy
     if strategy == "round_robin":
-        return _merged(base, [views[r.pool] for r in up])
+        own = [r for r in up if not _is_cname_pool(domain, views[r.pool])]
+        return _merged(base, [views[r.pool] for r in own or up], domain)
     if strategy == "weight":
-        groups = [_with_weight(views[r.pool].group, r.weight) for r in up]
+        groups = [_with_weight(_typed(domain, views[r.pool]), r.weight) for r in up]
         return _answer(base, [g for g in groups if g is not None], ",".join(r.pool for r in up))
     if strategy == "source_nearest":
         # one group per available pool in sequence order; the edge picks the client's region, else the first
-        groups = [_nearest(views[r.pool].group, views[r.pool]) for r in up]
+        groups = [_nearest(_typed(domain, views[r.pool]), views[r.pool]) for r in up]
         nearest = msgspec.structs.replace(base, select="nearest")
         return _answer(nearest, [g for g in groups if g is not None], ",".join(r.pool for r in up))
     chosen = up[0]  # sequence
-    if domain.sequence_mode == "non_preemptive" and previous is not None:
-        chosen = next((r for r in up if r.pool == previous.pool), chosen)
-    group = views[chosen.pool].group
+    if domain.sequence_mode == "non_preemptive" and held is not None:
+        chosen = next((r for r in up if r.pool == held), chosen)
+    group = _typed(domain, views[chosen.pool])
     return _answer(base, [group] if group else [], chosen.pool)
+
+
+def _all_down(base: AnswerSet, domain: Domain, refs: list[PoolRef], views: Mapping[str, PoolView]) -> AnswerSet:
+    """What the domain answers when no pool of the default line is available: its ``all_down`` policy."""
+    policy = domain.all_down
+    if not refs and policy != "fallback_pool":
+        return base  # no enabled pool: nothing to answer
+    if policy == "fail_closed":  # an empty NOERROR
+        return msgspec.structs.replace(base, fallback=True)
+    if policy == "fallback_pool" and domain.fallback_pool and domain.fallback_pool in views:
+        view = views[domain.fallback_pool]
+        if view.available and view.group is not None:  # its available addresses, else all (fail open on it)
+            group = _typed(domain, view)
+            return msgspec.structs.replace(_answer(base, [group] if group else [], view.name), fallback=True)
+        return _fallback(base, view, domain, nearest=False)
+    if not refs:
+        return base
+    return _fallback(base, views[refs[0].pool], domain, nearest=domain.lb_strategy == "source_nearest")
+
+
+def _is_cname_pool(domain: Domain, view: PoolView) -> bool:
+    """Whether a pool answers CNAME records in a domain of another type (a domain-name pool of an A domain)."""
+    return view.pool.type == "domain" and domain.record_type != "CNAME"
+
+
+def _typed(domain: Domain, view: PoolView, group: AnswerGroup | None = None) -> AnswerGroup | None:
+    """The pool's group (or ``group``), saying its records are CNAME when they are not of the domain's type."""
+    group = view.group if group is None else group
+    if group is None or not _is_cname_pool(domain, view):
+        return group
+    return msgspec.structs.replace(group, record_type="CNAME")
 
 
 def _with_weight(group: AnswerGroup | None, weight: int) -> AnswerGroup | None:
@@ -163,22 +256,31 @@ def _nearest(group: AnswerGroup | None, view: PoolView) -> AnswerGroup | None:
     return None if group is None else msgspec.structs.replace(group, region=view.pool.region)
 
 
-def _merged(base: AnswerSet, views: Sequence[PoolView]) -> AnswerSet:
+def _merged(base: AnswerSet, views: Sequence[PoolView], domain: Domain) -> AnswerSet:
     # One rotating group of every pool's records: per-record weights or regions of the pools do
-    # not survive the merge (a round-robin domain answers all its available records in turn).
+    # not survive the merge (a round-robin domain answers all its available records in turn);
+    # address lines do.  The pools are all of one answer type (the caller's choice).
     records: list[str] = []
+    record_lines: list[list[str]] = []
     for v in views:
-        for rec in v.group.records if v.group else []:
+        group = v.group
+        for i, rec in enumerate(group.records if group else []):
             if rec not in records:
                 records.append(rec)
+                record_lines.append(group.record_lines[i] if group and group.record_lines else [linespec.DEFAULT])
     pool = ",".join(v.name for v in views)
-    groups = [AnswerGroup(pool=pool, records=records, rotate=True)] if records else []
-    return _answer(base, groups, pool)
+    if all(linespec.is_default_only(lines) for lines in record_lines):
+        record_lines = []
+    cname = bool(views) and _is_cname_pool(domain, views[0])
+    group = AnswerGroup(pool=pool, records=records, rotate=True, record_lines=record_lines,
+                        record_type="CNAME" if cname else "")
+    return _answer(base, [group] if records else [], pool)
 
 
-def _fallback(base: AnswerSet, view: PoolView, *, nearest: bool) -> AnswerSet:
+def _fallback(base: AnswerSet, view: PoolView, domain: Domain, *, nearest: bool) -> AnswerSet:
     everyone = {a.name for a in enabled_addresses(view.pool)}
     group, _ = pool_group(view.pool, everyone, view.current)
+    group = _typed(domain, view, group)
     if nearest:  # keep the shape of a nearest answer so that failing open changes only the records
         base, group = msgspec.structs.replace(base, select="nearest"), _nearest(group, view)
     answer = _answer(base, [group] if group else [], view.name)
@@ -205,4 +307,5 @@ def domain_warming(domain: Domain, views: Mapping[str, PoolView]) -> bool:
     """Whether an enabled domain still waits for first results of its pools' checked addresses."""
     if not domain.enabled:
         return False
-    return any(views[r.pool].warming for r in ordered_refs(domain, views))
+    fallback = views.get(domain.fallback_pool) if domain.fallback_pool else None
+    return any(views[r.pool].warming for r in ordered_refs(domain, views)) or bool(fallback and fallback.warming)

@@ -21,7 +21,7 @@ import msgspec
 
 from shared import subjects
 from shared.messages import AddressState, AnswerSet, PoolState, ProbeResult, SwitchEvent
-from shared.resources import Address, Domain, HealthCheck, Pool
+from shared.resources import Address, Domain, HealthCheck, Pool, domain_pools
 
 from .decide import (
     PoolView,
@@ -45,7 +45,7 @@ from .health import (
     vantage_states,
     waiting_on,
 )
-from .switch import detect_switch
+from .switch import detect_line_switches, detect_switch
 
 _DEFAULT_CHECK = HealthCheck()
 _SWEEP_S = 1.0  # how often vantages are checked for expiry (they live for at least 3 intervals)
@@ -215,8 +215,8 @@ class Engine:
         """Apply a domain written to (or deleted from, with None) the config bucket."""
         out = Outputs()
         old = self.domains.pop(name, None)
-        for ref in old[0].pools if old else []:
-            self.domains_by_pool.get(ref.pool, set()).discard(name)
+        for pool in domain_pools(old[0]) if old else []:
+            self.domains_by_pool.get(pool, set()).discard(name)
         self.retry_domains.discard(name)
         if domain is None:
             previous = self.answers.get(name)
@@ -224,8 +224,8 @@ class Engine:
                 self._tombstone(name, previous, at=at, out=out, revision=revision)
             return out
         self.domains[name] = (domain, revision)
-        for ref in domain.pools:
-            self.domains_by_pool.setdefault(ref.pool, set()).add(name)
+        for pool in domain_pools(domain):
+            self.domains_by_pool.setdefault(pool, set()).add(name)
         if self.started:
             self._refresh_domain(name, at=at, out=out)
         return out
@@ -424,6 +424,7 @@ class Engine:
         out.answers.append(answer)
         if switch is not None:
             out.switches.append(switch)
+        out.switches.extend(detect_line_switches(domain, previous, answer, views=self.views, at=at))
 
     def _tombstone(
         self, name: str, previous: AnswerSet, *, at: float, out: Outputs, revision: int | None = None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shared.messages import AnswerSet, SwitchEvent
+import msgspec
+
+from shared.messages import AnswerSet, LineAnswer, SwitchEvent
 from shared.resources import Domain
 
 from .decide import PoolView, ordered_refs, unavailable_reasons
@@ -33,6 +35,55 @@ def detect_switch(
         after=new.records,
         fallback=new.fallback,
     )
+
+
+def detect_line_switches(
+    domain: Domain,
+    previous: AnswerSet | None,
+    new: AnswerSet,
+    *,
+    views: Mapping[str, PoolView],
+    at: float,
+) -> list[SwitchEvent]:
+    """A SwitchEvent for each request-source line whose answering pool changed (the default line aside).
+
+    A line without an answer of its own is answered by the client's next line: ``to_pool`` then says
+    ``(next line)``, and the records are what the top level answers.
+    """
+    if previous is None or not previous.enabled or previous.deleted or not new.enabled:
+        return []
+    before = {a.line: a for a in previous.lines}
+    after = {a.line: a for a in new.lines}
+    out = []
+    for line in sorted(before.keys() | after.keys()):
+        old, now = before.get(line), after.get(line)
+        if old is not None and now is not None and old.pool == now.pool:
+            continue
+        from_pool = old.pool if old is not None else ""
+        to_pool = now.pool if now is not None else ""
+        if not from_pool and not to_pool:
+            continue
+        if now is None:
+            down = [p for p in from_pool.split(",") if p in views and not views[p].available]
+            why = unavailable_reasons(views[down[0]]) if down else []
+            reason = (f"{down[0]} unavailable: {why[0]}" if why else f"{down[0]} unavailable") if down else (
+                "configuration changed")
+            reason += "; its clients get their next line"
+        elif old is None:
+            back = to_pool in views and views[to_pool].available
+            reason = f"{to_pool} available again" if back else "configuration changed"
+        else:
+            reason = switch_reason(domain, _as_set(previous, old), _as_set(new, now), views=views)
+        out.append(SwitchEvent(
+            domain=new.domain, at=at, line=line, from_pool=from_pool or "(next line)", to_pool=to_pool or "(next line)",
+            reason=reason, before=old.records if old else previous.records, after=now.records if now else new.records,
+        ))
+    return out
+
+
+def _as_set(base: AnswerSet, line: LineAnswer) -> AnswerSet:
+    """A line's answer in the shape :func:`switch_reason` reads."""
+    return msgspec.structs.replace(base, pool=line.pool, records=line.records, fallback=False, lines=[])
 
 
 def switch_reason(

@@ -140,6 +140,7 @@ BENCHES: dict[str, Callable[[], None]] = {
     "fairness": _later("tests.bench.fairness", "bench_fairness"),
     "api": _later("tests.bench.api", "bench_api"),
     "slowpath": _later("tests.bench.slowpath", "bench_slowpath"),
+    "lines": _later("tests.bench.lines", "bench_lines"),
 }
 
 
