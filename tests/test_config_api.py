@@ -93,8 +93,8 @@ async def test_domain_defaults_disabled_ttl_30_sequence(api: Client) -> None:
     assert status == 201
     assert {k: v for k, v in body.items() if k != "revision"} == {
         "name": "www.example.com", "record_type": "A", "ttl": 30, "enabled": False, "remarks": "",
-        "pools": [{"pool": "Primary-DC", "sequence": 1, "weight": 1}],
-        "lb_strategy": "sequence", "sequence_mode": "preemptive",
+        "pools": [{"pool": "Primary-DC", "sequence": 1, "weight": 1, "lines": ["default"]}],
+        "lb_strategy": "sequence", "sequence_mode": "preemptive", "all_down": "fail_open", "fallback_pool": None,
     }
 
 
@@ -356,7 +356,7 @@ async def test_patch_merges_into_the_stored_document_and_validates(api: Client) 
                               {"enabled": True, "ttl": 60, "remarks": "hi"},
                               headers={"Content-Type": "application/merge-patch+json"})
     assert status == 200 and (body["enabled"], body["ttl"], body["remarks"]) == (True, 60, "hi")
-    assert body["pools"] == [{"pool": "Primary-DC", "sequence": 1, "weight": 1}]
+    assert body["pools"] == [{"pool": "Primary-DC", "sequence": 1, "weight": 1, "lines": ["default"]}]
     status, body = await call(api, "PATCH", "/api/v1/domains/www.example.com", {"remarks": None, "ttl": None})
     assert status == 200 and (body["remarks"], body["ttl"], body["enabled"]) == ("", 30, True)
     # arrays are replaced as a whole
@@ -475,9 +475,11 @@ async def test_status_before_the_scheduler_published_anything(api: Client) -> No
     await seed(api)
     status, body = await call(api, "GET", "/api/v1/domains/WWW.example.com/status")
     assert status == 200
-    unknown: dict[str, Any] = {"available": None, "mode": "auto", "region": "", "waiting": None, "warming": None, "checks": []}
+    unknown: dict[str, Any] = {"available": None, "mode": "auto", "region": "", "lines": ["default"],
+                               "waiting": None, "warming": None, "checks": []}
     assert body == {"domain": "www.example.com", "enabled": False, "status": "disabled", "answer": None, "pools": [
-        {"name": "Primary-DC", "available": None, "warming": None, "region": "", "addresses": [
+        {"name": "Primary-DC", "available": None, "warming": None, "region": "", "lines": ["default"],
+         "fallback_pool": False, "addresses": [
             {"name": "a", "address": "192.0.2.1", **unknown},
             {"name": "b", "address": "192.0.2.2", **unknown},
         ]}]}

@@ -235,7 +235,8 @@ def test_render_fills_in_every_default_plus_name_and_revision() -> None:
     domain = Domain(record_type="A", name="www.example.com")
     assert render(domain, "www.example.com", 9) == {
         "record_type": "A", "name": "www.example.com", "ttl": 30, "enabled": False, "remarks": "",
-        "pools": [], "lb_strategy": "sequence", "sequence_mode": "preemptive", "revision": 9,
+        "pools": [], "lb_strategy": "sequence", "sequence_mode": "preemptive", "all_down": "fail_open",
+        "fallback_pool": None, "revision": 9,
     }
     assert etag(9) == '"9"'
 
@@ -389,17 +390,19 @@ def test_status_combines_config_answer_pool_state_and_probes() -> None:
         "enabled": True,
         "status": "active",
         "answer": {"pool": "Primary-DC", "records": ["192.0.2.1"], "ttl": 30, "fallback": False,
-                   "published_at": "1970-01-01T00:00:01.000Z"},
+                   "published_at": "1970-01-01T00:00:01.000Z", "lines": []},
         "pools": [
-            {"name": "Primary-DC", "available": True, "warming": False, "region": "", "addresses": [
+            {"name": "Primary-DC", "available": True, "warming": False, "region": "", "lines": ["default"],
+             "fallback_pool": False, "addresses": [
                 {"name": "a", "address": "192.0.2.1", "available": True, "mode": "auto", "region": "",
-                 "waiting": "", "warming": False, "checks": [
+                 "lines": ["default"], "waiting": "", "warming": False, "checks": [
                     {"region": "local", "prober": "p1", "ok": True, "rtt_ms": 1.5, "error": "",
                      "at": "1970-01-01T00:00:10.000Z"}]},
                 {"name": "b", "address": "192.0.2.2", "available": None, "mode": "manual_unavailable",
-                 "region": "", "waiting": None, "warming": None, "checks": []},
+                 "region": "", "lines": ["default"], "waiting": None, "warming": None, "checks": []},
             ]},
-            {"name": "Backup-DC", "available": None, "warming": None, "region": "", "addresses": []},
+            {"name": "Backup-DC", "available": None, "warming": None, "region": "", "lines": ["default"],
+             "fallback_pool": False, "addresses": []},
         ],
     }
 
