@@ -200,6 +200,68 @@ function dot([color, text]) {
   return h("span", { class: "dot " + color, "data-health": color, title: text, role: "img", "aria-label": text });
 }
 
+// ---- request-source lines: chips on the pages, a comma-separated input with suggestions in the forms --
+
+const DEFAULT_LINE = "default";
+const NO_LINES = { kinds: [], continents: [], countries: [], regions: [] };
+const LINE_LIST = "line-options";
+
+function onlyDefault(lines) {
+  return !lines || lines.length === 0 || (lines.length === 1 && lines[0] === DEFAULT_LINE);
+}
+
+function chip(line) {
+  return h("span", { class: "chip", "data-line": line }, line);
+}
+
+function lineChips(lines, attrs) {
+  return h("span", { class: "lines", ...attrs }, (lines || []).map(chip));
+}
+
+// "country:CN, continent:EU" -> ["country:CN", "continent:EU"]; nothing -> ["default"].
+function parseLines(text) {
+  const lines = String(text || "").split(",").map((l) => l.trim()).filter(Boolean);
+  return lines.length ? lines : [DEFAULT_LINE];
+}
+
+function linesText(lines) {
+  return onlyDefault(lines) ? "" : lines.join(", ");
+}
+
+// The <datalist> of GET /lines; one per form (the lines inputs of the form share it).
+function lineSuggestions(catalog) {
+  const all = [[DEFAULT_LINE, "every other client"],
+    ...catalog.continents.map((c) => [c.line, c.name]),
+    ...catalog.countries.map((c) => [c.line, c.name + (c.continent ? " · " + c.continent : "")]),
+    ...catalog.regions.map((r) => ["region:" + r, "topology region"])];
+  return h("datalist", { id: LINE_LIST }, all.map(([line, label]) => h("option", { value: line, label, "data-line": line })));
+}
+
+// A suggestion completes the line being typed: the options carry the lines already typed before it.
+function suggestLines(e) {
+  const list = $(LINE_LIST);
+  if (!list) return;
+  const before = e.target.value.includes(",") ? e.target.value.replace(/[^,]*$/, "").replace(/\s*$/, " ") : "";
+  for (const o of list.options) o.value = before + o.dataset.line;
+}
+
+function linesInput(lines) {
+  return textInput(linesText(lines), { list: LINE_LIST, autocomplete: "off", placeholder: DEFAULT_LINE,
+    oninput: suggestLines, onfocus: suggestLines });
+}
+
+const ALL_DOWN = ["fail_open", "fail_closed", "fallback_pool"];
+
+function describeAllDown(domain) {
+  const policy = domain.all_down || "fail_open";
+  if (policy === "fail_closed") return [h("b", {}, policy), ": answer nothing (an empty NOERROR)"];
+  if (policy === "fallback_pool") {
+    return [h("b", {}, policy), ": answer the pool ",
+      h("a", { id: "fallback-pool", href: "#/pools/" + enc(domain.fallback_pool || "") }, domain.fallback_pool || "—")];
+  }
+  return [h("b", {}, policy), ": answer the first enabled pool's addresses, unchecked"];
+}
+
 // A live redraw replaces the page: the keyboard focus goes back to the same control in the new page.
 function focusKey(el) {
   if (!el || el === document.body || !$("main").contains(el)) return null;
@@ -361,6 +423,10 @@ function drawDomain(domain, status, switches, changes, refresh) {
   const answer = status.answer;
   const refs = inSequence(domain.pools);
   const statusOf = Object.fromEntries(status.pools.map((p) => [p.name, p]));
+  // The fallback pool (all_down "fallback_pool") is shown after the pools when it is not one of them.
+  const fallbackRef = domain.all_down === "fallback_pool" && domain.fallback_pool &&
+    !refs.some((ref) => ref.pool === domain.fallback_pool) ? { pool: domain.fallback_pool, lines: [], fallback: true } : null;
+  const shownRefs = fallbackRef ? [...refs, fallbackRef] : refs;
 
   $("main").replaceChildren(
     h("p", {}, h("a", { href: "#/" }, "← Access domains")),
@@ -372,7 +438,9 @@ function drawDomain(domain, status, switches, changes, refresh) {
         h("dt", {}, "Type"), h("dd", {}, domain.record_type),
         h("dt", {}, "TTL"), h("dd", {}, domain.ttl + " s"),
         h("dt", {}, "Strategy"), h("dd", {}, domain.lb_strategy),
-        h("dt", {}, "Answer"), h("dd", { id: "answer" }, drawAnswer(domain, answer))),
+        h("dt", {}, "Answer"), h("dd", { id: "answer" }, drawAnswer(domain, answer)),
+        h("dt", {}, "All pools down"), h("dd", { id: "all-down", "data-policy": domain.all_down || "fail_open" },
+          describeAllDown(domain))),
       h("div", { class: "actions" },
         h("button", { id: "toggle-enabled", type: "button", class: domain.enabled ? "" : "primary",
           onclick: act(path, (d) => (d.enabled === domain.enabled ? { enabled: !domain.enabled } : null), toggle) },
@@ -383,12 +451,12 @@ function drawDomain(domain, status, switches, changes, refresh) {
           h("select", { id: "sequence-mode", onchange: (e) => act(path, () => ({ sequence_mode: e.target.value }))() },
             SEQUENCE_MODES.map((m) => h("option", { value: m, selected: m === domain.sequence_mode }, m)))))),
     h("h2", {}, "Orchestration"),
-    diagram(domain, status, refs, statusOf),
+    diagram(domain, status, shownRefs, statusOf),
     h("h2", {}, "Pools"),
-    h("div", { id: "pools" }, refs.map((ref, index) => drawPool(ref, statusOf[ref.pool], {
-      up: index > 0 ? act(path, movePool(ref.pool, -1)) : null,
+    h("div", { id: "pools" }, shownRefs.map((ref, index) => drawPool(ref, statusOf[ref.pool], {
+      up: index > 0 && !ref.fallback ? act(path, movePool(ref.pool, -1)) : null,
       down: index < refs.length - 1 ? act(path, movePool(ref.pool, +1)) : null,
-      drop: refs.length > 1 ? (dragged) => act(path, placePool(dragged, ref.pool))() : null,
+      drop: refs.length > 1 && !ref.fallback ? (dragged) => act(path, placePool(dragged, ref.pool))() : null,
       setMode: (address, mode) => act("/pools/" + enc(ref.pool), setAddressMode(address, mode),
         confirmMode(ref.pool, address, mode))(),
     }))),
@@ -414,15 +482,19 @@ function diagram(domain, status, refs, statusOf) {
       const serving = answer && answer.pool === ref.pool;
       return h("li", { class: "node pool-node " + color + (serving ? " serving" : ""), "data-pool": ref.pool,
         "data-serving": serving ? "true" : null },
-      h("div", {}, h("span", { class: "seq" }, "#" + ref.sequence), " ", h("b", {}, ref.pool),
-        serving ? h("span", { class: "badge on" }, answer.fallback ? "serving (fallback)" : "serving") : null),
+      h("div", {}, h("span", { class: "seq" }, seqLabel(ref)), " ", h("b", {}, ref.pool),
+        serving ? h("span", { class: "badge on" }, answer.fallback ? "serving (fallback)" : "serving") : null,
+        (answer && answer.lines || []).filter((l) => l.pool === ref.pool)
+          .map((l) => h("span", { class: "badge on", "data-serving-line": l.line }, "serving " + l.line))),
+      ref.fallback ? null : lineChips(ref.lines, { title: "Lines of " + ref.pool }),
       h("span", { class: "small muted" }, label),
       h("ul", { class: "address-nodes" }, p.addresses.map((a) => {
         const [c, text] = addressHealth(a);
         const on = serving && served.has(a.address);
         return h("li", { class: "node address-node " + c + (on ? " serving" : ""), "data-address": a.name,
           "data-health": c, "data-serving": on ? "true" : null, title: text },
-        dot([c, text]), " ", a.name, " ", h("span", { class: "mono small" }, a.address));
+        dot([c, text]), " ", a.name, " ", h("span", { class: "mono small" }, a.address),
+        onlyDefault(a.lines) ? null : lineChips(a.lines, { title: "Lines of " + a.name }));
       })));
     })));
 }
@@ -437,14 +509,16 @@ function review(domain, status) {
       h("dt", {}, "TTL"), h("dd", {}, domain.ttl + " s"),
       h("dt", {}, "Strategy"), h("dd", {}, domain.lb_strategy + (domain.lb_strategy === "sequence" ? " · " + domain.sequence_mode : ""))),
     refs.length === 0 ? h("p", { class: "warn-text" }, "It has no pool: it would answer nothing.") :
-      h("table", { class: "grid" }, headRow(["#", "Pool", "Health", "Addresses"]),
+      h("table", { class: "grid" }, headRow(["#", "Pool", "Lines", "Health", "Addresses"]),
         h("tbody", {}, refs.map((ref) => {
           const p = statusOf[ref.pool] || { name: ref.pool, available: null, addresses: [] };
-          return h("tr", { "data-pool": ref.pool }, h("td", {}, ref.sequence), h("td", {}, ref.pool),
+          return h("tr", { "data-pool": ref.pool }, h("td", {}, ref.sequence), h("td", {}, ref.pool), h("td", {}, lineChips(ref.lines)),
             h("td", {}, dot(poolHealth(p)), " ", poolHealth(p)[1]),
             h("td", { class: "mono small" }, p.addresses.map((a) => a.address + " " + addressHealth(a)[1]).join("; ")));
         }))),
-    none && refs.length ? h("p", { class: "warn-text" }, "No pool is available now: the edges would answer the first pool, unchecked (fallback).") : null,
+    none && refs.length ? h("p", { class: "warn-text" }, "No pool is available now: the edges would " +
+      (domain.all_down === "fail_closed" ? "answer nothing (fail_closed)." : domain.all_down === "fallback_pool"
+        ? "answer the fallback pool " + domain.fallback_pool + "." : "answer the first pool, unchecked (fallback).")) : null,
     h("p", {}, "Once enabled, the DNS edges answer " + domain.name + " at once."));
 }
 
@@ -453,7 +527,14 @@ function drawAnswer(domain, answer) {
   if (!answer) return h("span", { id: "answer-pool", class: "muted" }, "nothing published yet");
   return [h("b", { id: "answer-pool" }, answer.pool || "—"), " ",
     h("span", { id: "answer-records", class: "mono" }, answer.records.join(", ") || "(no records)"),
-    answer.fallback ? h("span", { class: "badge warn" }, "fallback: no pool available") : null];
+    answer.fallback ? h("span", { class: "badge warn" }, "fallback: no pool available") : null,
+    (answer.lines || []).length === 0 ? null : h("ul", { id: "line-answers", class: "line-answers" },
+      answer.lines.map((l) => h("li", { "data-line": l.line }, "clients of ", chip(l.line), " get ",
+        h("span", { class: "mono" }, l.records.join(", ") || "(no records)"), " from ", h("b", {}, l.pool))))];
+}
+
+function seqLabel(ref) {
+  return ref.fallback ? "fallback" : "#" + ref.sequence;
 }
 
 function drawPool(ref, pool, actions) {
@@ -474,8 +555,10 @@ function drawPool(ref, pool, actions) {
   } : {};
   return h("article", { class: "pool", "data-pool": ref.pool, ...drag },
     h("header", {},
-      dot(health), h("span", { class: "seq" }, "#" + ref.sequence),
+      dot(health), h("span", { class: "seq" }, seqLabel(ref)),
       h("h3", {}, h("a", { href: "#/pools/" + enc(ref.pool) }, ref.pool)),
+      ref.fallback || pool.fallback_pool ? h("span", { class: "badge warn" }, "fallback pool") : null,
+      ref.fallback ? null : lineChips(ref.lines, { class: "lines pool-lines", title: "Lines of " + ref.pool }),
       h("span", { class: "muted small" }, health[1]),
       h("span", { class: "spacer" }),
       moveButton("up", "↑", actions.up), moveButton("down", "↓", actions.down)),
@@ -493,7 +576,8 @@ function drawAddress(a, setMode) {
   const health = addressHealth(a);
   return h("tr", { "data-address": a.name },
     h("td", {}, dot(health)),
-    h("td", {}, a.name, h("div", { class: "muted small health-text" }, health[1])),
+    h("td", {}, a.name, onlyDefault(a.lines) ? null : h("div", {}, lineChips(a.lines, { class: "lines address-lines" })),
+      h("div", { class: "muted small health-text" }, health[1])),
     h("td", { class: "mono" }, a.address),
     h("td", {}, h("select", { class: "mode", "aria-label": "Mode of " + a.name, onchange: (e) => setMode(a.name, e.target.value) },
       MODES.map((m) => h("option", { value: m, selected: m === a.mode }, m)))),
@@ -677,8 +761,8 @@ async function showPoolForm(name) {
       throw err;
     }
   }
-  const [{ domains }, { templates }] = await Promise.all([api("GET", "/domains"),
-    api("GET", "/health-templates").catch(() => ({ templates: [] }))]);
+  const [{ domains }, { templates }, catalog] = await Promise.all([api("GET", "/domains"),
+    api("GET", "/health-templates").catch(() => ({ templates: [] })), lineCatalog()]);
   if (gen !== generation) return;
   const rows = h("div", { id: "address-rows" });
   const original = pool.addresses;
@@ -698,7 +782,8 @@ async function showPoolForm(name) {
       field("Sequence mode", "sequence_mode", choice(SEQUENCE_MODES, pool.sequence_mode)),
       field("Remarks", "remarks", textInput(pool.remarks, { maxlength: 256 }))),
     h("fieldset", {}, h("legend", {}, "Addresses"), rows,
-      h("button", { type: "button", id: "add-address", onclick: () => addRow() }, "+ Add address")),
+      h("button", { type: "button", id: "add-address", onclick: () => addRow() }, "+ Add address"),
+      lineSuggestions(catalog)),
     h("div", { class: "actions" },
       h("button", { type: "submit", id: "save", class: "primary" }, isNew ? "Create pool" : "Save pool"),
       h("a", { href: isNew ? "#/pools" : "#/pools/" + enc(name) + "/", class: "button" }, "Cancel"),
@@ -740,6 +825,7 @@ function addressRow(i, a, templates) {
       field("Sequence", p + ".sequence", numberInput(a.sequence, 1, 100)),
       field("Mode", p + ".mode", choice(MODES, a.mode)),
       field("Enabled", p + ".enabled", checkbox(a.enabled)),
+      field("Lines", p + ".lines", linesInput(a.lines), "comma-separated; empty: default"),
       field("Health check", p + ".has_check", checkbox(!!a.health_check, {
         onchange: (e) => { checkBox.hidden = !e.target.checked; } })),
       h("button", { type: "button", class: "remove-address", "aria-label": "Remove address " + (a.name || i + 1),
@@ -782,6 +868,7 @@ function readPool(form, isNew, pool) {
     const p = "addresses[" + row.dataset.row + "]";
     const a = { ...row.original };
     for (const k of ["name", "address", "weight", "sequence", "mode", "enabled"]) a[k] = val(form, p + "." + k);
+    a.lines = parseLines(val(form, p + ".lines"));
     a.health_check = val(form, p + ".has_check") ? readCheck(form, p + ".health_check", row.original.health_check) : null;
     return a;
   });
@@ -831,6 +918,14 @@ async function deletePool(name, domains) {
 
 // ---- access domain form ---------------------------------------------------------------------------
 
+// GET /lines for the suggestions; a form still works (with no suggestions) if it fails.
+function lineCatalog() {
+  return api("GET", "/lines").catch((err) => {
+    if (err instanceof ApiError) return NO_LINES;
+    throw err;
+  });
+}
+
 async function showDomainForm(fqdn) {
   const gen = generation;
   const isNew = fqdn === null;
@@ -842,7 +937,7 @@ async function showDomainForm(fqdn) {
       throw err;
     }
   }
-  const { pools } = await api("GET", "/pools");
+  const [{ pools }, catalog] = await Promise.all([api("GET", "/pools"), lineCatalog()]);
   if (gen !== generation) return;
   if (pools.length === 0) {
     $("main").replaceChildren(h("h1", {}, "New access domain"), h("div", { class: "empty" },
@@ -854,6 +949,7 @@ async function showDomainForm(fqdn) {
   const renumber = () => [...rows.children].forEach((li, n) => {
     for (const e of li.querySelectorAll("[data-field]")) {
       e.dataset.field = e.dataset.field.replace(/^pools\[\d+\]/, "pools[" + n + "]");
+      e.closest(".field").dataset.for = e.dataset.field;
     }
     li.querySelector("[data-field$='.sequence']").value = n + 1;
     li.querySelector(".pool-up").disabled = n === 0;
@@ -865,6 +961,7 @@ async function showDomainForm(fqdn) {
       field("Pool", p + ".pool", choice(pools.map((x) => x.name), ref ? ref.pool : pools[Math.min(n, pools.length - 1)].name)),
       field("Sequence", p + ".sequence", numberInput(n + 1, 1, 100, { readonly: true }), "order below"),
       field("Weight", p + ".weight", numberInput(ref ? ref.weight : 1, 1, 100)),
+      field("Lines", p + ".lines", linesInput(ref ? ref.lines : null), "comma-separated; empty: default"),
       h("button", { type: "button", class: "pool-up", "aria-label": "Move up",
         onclick: () => { if (li.previousElementSibling) rows.insertBefore(li, li.previousElementSibling); renumber(); } }, "↑"),
       h("button", { type: "button", class: "pool-down", "aria-label": "Move down",
@@ -874,17 +971,29 @@ async function showDomainForm(fqdn) {
     renumber();
   };
   inSequence(domain.pools).forEach(addRow);
+  const allDown = choice(ALL_DOWN, domain.all_down || "fail_open",
+    { onchange: (e) => { fallbackField.hidden = e.target.value !== "fallback_pool"; } });
+  const fallbackField = field("Fallback pool", "fallback_pool", choice(["", ...pools.map((x) => x.name)], domain.fallback_pool || ""),
+    "answered when every pool is down (need not be one of the pools above)");
+  fallbackField.hidden = (domain.all_down || "fail_open") !== "fallback_pool";
   const form = h("form", { id: "domain-form", class: "form", novalidate: true },
     h("fieldset", {}, h("legend", {}, "Access domain"),
       field("Domain name", "name", textInput(isNew ? "" : domain.name, { disabled: !isNew, placeholder: "www.example.com" })),
-      field("Record type", "record_type", choice(RECORD_TYPES, domain.record_type), "A: ipv4 pools, AAAA: ipv6, CNAME: domain"),
+      field("Record type", "record_type", choice(RECORD_TYPES, domain.record_type),
+        "A: ipv4 or domain pools, AAAA: ipv6 or domain, CNAME: domain"),
       field("TTL (s)", "ttl", numberInput(domain.ttl, 1, 86400)),
       isNew ? null : field("Enabled", "enabled", checkbox(domain.enabled, { disabled: true }), "use Enable / Disable on its page"),
       field("Strategy between pools", "lb_strategy", choice(DOMAIN_STRATEGIES, domain.lb_strategy), "sequence = global availability"),
       field("Sequence mode", "sequence_mode", choice(SEQUENCE_MODES, domain.sequence_mode)),
       field("Remarks", "remarks", textInput(domain.remarks, { maxlength: 256 }))),
     h("fieldset", {}, h("legend", {}, "Pools, in order"), rows,
-      h("button", { type: "button", id: "add-pool", onclick: () => addRow() }, "+ Add pool")),
+      h("button", { type: "button", id: "add-pool", onclick: () => addRow() }, "+ Add pool"),
+      h("p", { class: "hint" }, "Lines: which clients a pool answers (default: every client no other line takes), " +
+        "e.g. country:CN, continent:EU, asn:4134, region:NAME."),
+      lineSuggestions(catalog),
+      field("When every pool is down", "all_down", allDown, "fail_open: answer the first pool anyway; " +
+        "fail_closed: answer nothing; fallback_pool: answer the pool below"),
+      fallbackField),
     h("p", { class: "hint" }, isNew ? "A new domain starts disabled: review and enable it on its page." : ""),
     h("div", { class: "actions" },
       h("button", { type: "submit", id: "save", class: "primary" }, isNew ? "Create access domain" : "Save access domain"),
@@ -899,7 +1008,9 @@ async function showDomainForm(fqdn) {
       delete body.revision; delete body.name;
       for (const k of ["record_type", "ttl", "lb_strategy", "sequence_mode", "remarks"]) body[k] = val(form, k);
       body.pools = [...rows.children].map((li, n) => ({ pool: val(form, "pools[" + n + "].pool"), sequence: n + 1,
-        weight: val(form, "pools[" + n + "].weight") }));
+        weight: val(form, "pools[" + n + "].weight"), lines: parseLines(val(form, "pools[" + n + "].lines")) }));
+      body.all_down = val(form, "all_down");
+      body.fallback_pool = body.all_down === "fallback_pool" ? val(form, "fallback_pool") || null : null;
       const path = "/domains/" + enc(name);
       if (!isNew && domain.enabled && body.pools.length === 0 && !(await ask("Leave " + name + " with no pool?",
         h("p", {}, "It is enabled: with no pool it answers nothing."), "Save access domain"))) return;
