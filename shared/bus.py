@@ -28,11 +28,22 @@ def _stream(name: str, subject: str, **limits: Any) -> StreamConfig:
     return StreamConfig(name=name, subjects=[subject], storage=StorageType.FILE, allow_direct=True, **limits)
 
 
-STREAMS = (
-    _stream(subjects.STREAM_ANSWERS, subjects.ANSWERS_ALL, max_msgs_per_subject=1),  # the last answer per domain
-    _stream(subjects.STREAM_POOL_STATE, subjects.POOL_STATE_ALL, max_msgs_per_subject=1),
-    _stream(subjects.STREAM_EVENTS, subjects.EVENTS_ALL, max_age=EVENTS_MAX_AGE_S),
-)
+DAY_S = 24 * 3600
+HEALTH_LOG_MAX_BYTES = 1 << 30  # the health log's cap whatever its age (1 GiB: the oldest entries go first)
+
+
+def streams(health_log_days: int = NatsSettings().health_log_days) -> tuple[StreamConfig, ...]:
+    """Every stream GTM uses (the HEALTH stream keeping ``health_log_days`` of health log)."""
+    return (
+        _stream(subjects.STREAM_ANSWERS, subjects.ANSWERS_ALL, max_msgs_per_subject=1),  # the last answer per domain
+        _stream(subjects.STREAM_POOL_STATE, subjects.POOL_STATE_ALL, max_msgs_per_subject=1),
+        _stream(subjects.STREAM_EVENTS, subjects.EVENTS_ALL, max_age=EVENTS_MAX_AGE_S),
+        _stream(subjects.STREAM_HEALTH, subjects.HEALTH_ALL, max_age=health_log_days * DAY_S,
+                max_bytes=HEALTH_LOG_MAX_BYTES),
+    )
+
+
+STREAMS = streams()
 
 CLUSTER_REPLICAS = 3  # the replica count on a cluster of this many servers or more
 RESUME_STEP_S = 0.1
@@ -214,7 +225,7 @@ class Session:
         if self._config is None:
             js = self._nc.jetstream(timeout=self._js_timeout_s)
             self.replicas = replicas(self._nc, self.settings)
-            await ensure_streams(js, replicas=self.replicas)
+            await ensure_streams(js, replicas=self.replicas, health_log_days=self.settings.health_log_days)
             self._config = await config_bucket(js, replicas=self.replicas)
             self._js = js
         return self
@@ -285,7 +296,9 @@ def _matches(have: StreamConfig, want: StreamConfig) -> bool:
     return True
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
+async def ensure_streams(
+    js: JetStreamContext, *, replicas: int | None = None, health_log_days: int = NatsSettings().health_log_days
+) -> None:
     """Create or update the streams every service relies on; leave those that already match alone.
 
     ``replicas`` (default: :func:`replicas` of the connection) is given to new streams, and
@@ -294,7 +307,7 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
     rejects the change) and the stream exists, warn and go on with the stream as it is.
     """
     count = _replicas_of(js, replicas)
-    for base in STREAMS:
+    for base in streams(health_log_days):
         cfg = _with_replicas(base, count)
         assert cfg.name is not None
         info = None

@@ -35,6 +35,8 @@ class ProbeResult(_Message, tag="probe_result.v1", kw_only=True, frozen=True):
     rtt_ms: float | None = None
     error: str = ""
     at: float  # unix time
+    check: int = 0  # which of the address's health checks (its index in ``health_checks``)
+    loss_pct: float | None = None  # ping: the share of echo requests lost
 
 
 class AddressState(_Message, tag="address_state.v1", kw_only=True, frozen=True):
@@ -53,6 +55,12 @@ class AddressState(_Message, tag="address_state.v1", kw_only=True, frozen=True):
     waiting: str = ""
     warming: bool = False  # checked but no result yet and its first interval not over
     region: str = ""  # the address's topology region, for address-level source_nearest
+    # What its checks say whatever the mode (None: not checked, or disabled): a manual mode or a
+    # maintenance window decides ``available``, and this still tells the real health.
+    healthy: bool | None = None
+    health_reason: str = ""  # why it is unhealthy
+    maintenance_until: float = 0.0  # ``mode`` comes from a maintenance window ending then (unix time; 0: none)
+    checks: list[dict[str, str]] = []  # with several checks: per check, region -> state (as ``vantages``)
 
 
 class PoolState(_Message, tag="pool_state.v1", kw_only=True, frozen=True):
@@ -193,6 +201,34 @@ class OperationEvent(_Message, tag="operation_event.v1", kw_only=True, frozen=Tr
     changes: list[FieldChange] = []
 
 
+class HealthLogEntry(_Message, tag="health_log.v1", kw_only=True, frozen=True):
+    """One line of an address's health log, on ``health.log.<pool>.<address>`` (the HEALTH stream).
+
+    ``kind``: ``check_failed`` (a failed check from one prober), ``region_changed`` (the thresholded
+    state of one check seen from one region went ``up`` or ``down``), ``address_changed`` (its
+    availability or real health changed; ``message`` says why, and when a manual mode or a
+    maintenance window kept the answer as it was).
+    """
+
+    at: float
+    kind: str
+    pool: str
+    address: str
+    region: str = ""
+    prober: str = ""
+    check: int = 0
+    protocol: str = ""
+    ok: bool | None = None
+    state: str = ""  # region_changed: "up" | "down"
+    error: str = ""
+    rtt_ms: float | None = None
+    loss_pct: float | None = None
+    available: bool | None = None  # address_changed
+    healthy: bool | None = None  # address_changed
+    mode: str = ""  # address_changed: the mode in force
+    message: str = ""
+
+
 class ProberHeartbeat(_Message, tag="prober_heartbeat.v1", kw_only=True, frozen=True):
     """A prober replica announcing itself on ``prober.members.<region>``."""
 
@@ -211,3 +247,4 @@ pool_state_decoder = msgspec.json.Decoder(PoolState)
 answer_set_decoder = msgspec.json.Decoder(AnswerSet)
 event_decoder = msgspec.json.Decoder(Event)
 heartbeat_decoder = msgspec.json.Decoder(ProberHeartbeat)
+health_log_decoder = msgspec.json.Decoder(HealthLogEntry)

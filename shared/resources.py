@@ -10,6 +10,7 @@ gtmctl all derive their views from it.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -33,6 +34,8 @@ Name = Annotated[str, Meta(pattern=NAME_RE)]
 _NAME = re.compile(NAME_RE.strip("^$"))
 Remarks = Annotated[str, Meta(max_length=256)]
 Percent = Literal[20, 50, 80, 100]
+LossRate = Literal[10, 30, 50, 80, 90, 100]
+PING_GAP_S = 0.1  # between the echo requests of one ping check
 OneToTen = Annotated[int, Meta(ge=1, le=10)]
 OneToHundred = Annotated[int, Meta(ge=1, le=100)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -87,6 +90,9 @@ class HealthCheck(_Resource, kw_only=True, frozen=True):
     failure_rate: Percent = 50
     verify_tls: bool = False  # https: verify the certificate against `host` (or the address)
     body_match: Annotated[str, Meta(max_length=1024)] = ""  # ok only if the body contains this
+    # ping: echo requests per check, and the loss (percent) at which the check fails
+    packets: Annotated[int, Meta(ge=1, le=100)] = 1
+    loss_rate: LossRate = 100
     template: str = ""  # the health template this check was resolved from ("" = none)
     overrides: list[str] = []  # fields set on the address itself
 
@@ -103,6 +109,14 @@ class HealthTemplate(HealthCheck, kw_only=True, frozen=True):
     revision: int | None = None
 
 
+class MaintenanceWindow(_Resource, kw_only=True, frozen=True):
+    """A time the address behaves as ``mode`` says, returning to its own mode by itself at ``until``."""
+
+    start: datetime.datetime = msgspec.field(name="from")
+    until: datetime.datetime
+    mode: Literal["manual_unavailable", "manual_available"] = "manual_unavailable"
+
+
 class Address(_Resource, kw_only=True, frozen=True):
     """One service address in a pool."""
 
@@ -112,7 +126,10 @@ class Address(_Resource, kw_only=True, frozen=True):
     mode: AddressMode = "auto"
     weight: OneToHundred = 1
     sequence: OneToHundred = 1
-    health_check: HealthCheck | None = None
+    health_check: HealthCheck | None = None  # the one-check shorthand of ``health_checks``
+    health_checks: Annotated[list[HealthCheck], Meta(max_length=16)] = []
+    judgement: HealthCondition = "all_ok"  # share of the checks that must pass (with several)
+    maintenance: Annotated[list[MaintenanceWindow], Meta(max_length=64)] = []
     region: Annotated[str, Meta(max_length=64)] = ""  # for address-level source_nearest
     lines: Lines = msgspec.field(default_factory=lambda: [linespec.DEFAULT])
     remarks: Remarks = ""
@@ -178,9 +195,24 @@ AlertKind = Literal["address", "pool", "domain"]
 
 
 class AlertTarget(_Resource, kw_only=True, frozen=True):
-    """A webhook that receives a JSON POST for every switch of the kinds it asks for."""
+    """Where the switches of the kinds it asks for are sent: a webhook, an email or an Apprise URL.
 
-    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    ``type`` says which; its fields: ``webhook`` a JSON POST to ``url`` (http or https); ``email`` a
+    plain-text mail through the SMTP server ``smtp`` ("host:port") from ``from`` to every ``to``,
+    with STARTTLS when ``starttls`` and a login when ``username`` is set; ``apprise`` a notification
+    to ``url``, any URL the Apprise library knows (slack://, msteams://, json://, mailto://, ...).
+    The fields of the other types stay empty (validation refuses them).  Targets stored before
+    there were types have none and are webhooks.
+    """
+
+    type: Literal["webhook", "email", "apprise"] = "webhook"
+    url: Annotated[str, Meta(max_length=2048)] = ""  # webhook, apprise
+    smtp: Annotated[str, Meta(max_length=300)] = ""  # email: "host:port"
+    sender: Annotated[str, Meta(max_length=320)] = msgspec.field(default="", name="from")  # email
+    to: Annotated[list[Annotated[str, Meta(max_length=320)]], Meta(max_length=100)] = []  # email
+    starttls: bool = False  # email
+    username: Annotated[str, Meta(max_length=256)] = ""  # email: log in when set
+    password: Annotated[str, Meta(max_length=256)] = ""  # email
     name: Name | None = None
     enabled: bool = True
     kinds: list[AlertKind] = msgspec.field(default_factory=lambda: ["address", "pool", "domain"])
@@ -275,6 +307,15 @@ def check_health(hc: HealthCheck, field: str) -> None:
     check_no_control(hc.host, f"{field}.host")
     if hc.timeout_s >= hc.interval_s:
         raise ResourceError("timeout_s must be less than interval_s", f"{field}.timeout_s")
+    if hc.protocol != "ping" and (hc.packets != 1 or hc.loss_rate != 100):
+        raise ResourceError("packets and loss_rate are for ping checks", f"{field}.packets")
+    ping_time = (hc.packets - 1) * PING_GAP_S + hc.timeout_s
+    if hc.protocol == "ping" and ping_time >= hc.interval_s:
+        raise ResourceError(
+            f"{hc.packets} pings {PING_GAP_S} s apart and a {hc.timeout_s} s timeout take {ping_time:.1f} s: "
+            f"interval_s must be longer",
+            f"{field}.interval_s",
+        )
     if hc.protocol == "tcp" and hc.port is None:
         raise ResourceError("a tcp check needs a port", f"{field}.port")
     if not hc.path.startswith("/"):
@@ -289,6 +330,29 @@ def check_health(hc: HealthCheck, field: str) -> None:
             raise ResourceError("HTTP status codes are 100-599", where)
         if isinstance(code, str) and not _CODE_RANGE_RE.match(code):
             raise ResourceError("status ranges look like '2xx'", where)
+
+
+def check_maintenance(windows: list[MaintenanceWindow], field: str) -> None:
+    """Windows with a time zone, each ending after it starts, none overlapping another."""
+    for j, w in enumerate(windows):
+        for attr, value in (("from", w.start), ("until", w.until)):
+            if value.tzinfo is None:
+                raise ResourceError(
+                    "an RFC 3339 time with its offset is needed (e.g. 2026-12-01T02:00:00Z)", f"{field}[{j}].{attr}"
+                )
+        if w.until <= w.start:
+            raise ResourceError("until must be after from", f"{field}[{j}].until")
+    ordered = sorted(range(len(windows)), key=lambda j: windows[j].start)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if windows[b].start < windows[a].until:
+            raise ResourceError(f"overlaps maintenance[{a}]: windows must not overlap", f"{field}[{b}].from")
+
+
+def checks_of(address: Address) -> list[HealthCheck]:
+    """An address's health checks: ``health_checks``, or the one ``health_check`` (none: always available)."""
+    if address.health_checks:
+        return list(address.health_checks)
+    return [address.health_check] if address.health_check is not None else []
 
 
 def validate_pool(pool: Pool, name: str) -> Pool:
@@ -306,8 +370,13 @@ def validate_pool(pool: Pool, name: str) -> Pool:
         seen.add(addr.name)
         value = _check_address_value(pool.type, addr.address, f"{field}.address")
         if addr.health_check is not None:
+            if addr.health_checks:
+                raise ResourceError("use health_check (one check) or health_checks, not both", f"{field}.health_checks")
             check_health(addr.health_check, f"{field}.health_check")
+        for j, hc in enumerate(addr.health_checks):
+            check_health(hc, f"{field}.health_checks[{j}]")
         check_lines(addr.lines, f"{field}.lines")
+        check_maintenance(addr.maintenance, f"{field}.maintenance")
         addresses.append(msgspec.structs.replace(addr, address=value))
     return msgspec.structs.replace(pool, name=name, addresses=addresses, revision=None)
 

@@ -43,6 +43,8 @@ class NatsSettings(_Settings, frozen=True):
     name: str = "gtm"  # the connection's name: gtm-<service>, not read from the environment
     # of every stream and bucket; 0 = 3 on a cluster of 3 or more servers, else 1
     replicas: Annotated[int, Meta(ge=0, le=5)] = 0
+    # how long the HEALTH stream keeps an address's health log (GTM_HEALTH_LOG_DAYS)
+    health_log_days: Annotated[int, Meta(ge=1, le=3650)] = 7
 
 
 class LogSettings(_Settings, frozen=True):
@@ -163,6 +165,7 @@ class Settings(_Settings, frozen=True):
 ENV_NAMES: dict[str, str | None] = {
     "nats.url": "NATS_URL",
     "nats.name": None,
+    "nats.health_log_days": "GTM_HEALTH_LOG_DAYS",
     "edge.listen": "GTM_DNS_LISTEN",
 }
 

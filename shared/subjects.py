@@ -13,11 +13,13 @@ LEASES_BUCKET = "gtm_leases"
 STREAM_ANSWERS = "ANSWERS"
 STREAM_POOL_STATE = "POOL_STATE"
 STREAM_EVENTS = "EVENTS"
+STREAM_HEALTH = "HEALTH"
 
 PROBE_RESULT_ALL = "probe.result.>"
 POOL_STATE_ALL = "pool.state.>"
 ANSWERS_ALL = "answers.publish.>"
 EVENTS_ALL = "events.>"
+HEALTH_ALL = "health.log.>"
 SWITCH_EVENTS_ALL = "events.switch.>"
 OPERATION_EVENTS_ALL = "events.operation.>"
 CONFIG_APPLY = "config.apply"
@@ -82,6 +84,18 @@ def switch_event(domain: str) -> str:
 def operation_event(resource: str, name: str) -> str:
     """Subject of an operation-log entry for a config resource."""
     return f"events.operation.{resource}.{token(name)}"
+
+
+def health_log(pool: str, address: str) -> str:
+    """Subject of the health-log entries of one address of one pool."""
+    return f"health.log.{token(pool)}.{token(address)}"
+
+
+def health_logs(pool: str = "", address: str = "") -> str:
+    """The subject filter of the health log of a pool (every address when ``address`` is ""), or of all."""
+    if not pool:
+        return HEALTH_ALL
+    return health_log(pool, address) if address else f"health.log.{token(pool)}.*"
 
 
 def pool_key(name: str) -> str:

@@ -20,6 +20,7 @@ from shared.messages import AddressState, PoolState, SwitchEvent, encoder
 from shared.resources import AlertTarget
 from shared.settings import NatsSettings, Settings
 from tests.support import until
+from tests.test_alert_channels import Mailbox, mailbox  # noqa: F401 - a fixture
 from tests.test_config_api import Client, call
 
 POLICY = AlertPolicy(retry_delays_s=(0.05, 0.1), timeout_s=0.5, queue_size=100)
@@ -211,3 +212,41 @@ async def test_a_full_queue_drops_new_alerts_instead_of_blocking() -> None:
 async def _true(value: bool) -> bool:
     return value
 
+
+async def test_an_email_target_is_put_over_the_api_and_mails_each_switch_with_a_console_link(
+    nats_url: str, nc: NatsClient, mailbox: tuple[Mailbox, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box, smtp = mailbox
+    monkeypatch.setenv("GTM_CONSOLE_URL", "http://127.0.0.1:8080/")  # read once, when the notifier is made
+    app = create_app(Settings(nats=NatsSettings(url=nats_url)), alert_policy=POLICY)
+    hook = await Receiver().start()
+    try:
+        async with TestClient(TestServer(app)) as api:
+            await asyncio.wait_for(app[BACKEND].ready.wait(), 15)
+            notifier = app[NOTIFIER]
+            await asyncio.wait_for(notifier.ready.wait(), 15)
+            mail = {"type": "email", "smtp": smtp, "from": "gtm@example.test", "to": ["ops@example.test"],
+                    "kinds": ["domain"]}
+            status, body = await call(api, "PUT", "/api/v1/alert-targets/mail", mail)
+            assert status == 201 and body["type"] == "email" and body["from"] == "gtm@example.test", body
+            assert (await call(api, "PUT", "/api/v1/alert-targets/hook", {"url": hook.url, "kinds": ["domain"]}))[0] == 201
+            for bad, field in (({"to": ["ops"]}, "to[0]"), ({"smtp": "127.0.0.1"}, "smtp"), ({"url": hook.url}, "url")):
+                status, err = await call(api, "PUT", "/api/v1/alert-targets/bad", mail | bad)
+                assert status == 400 and err["error"]["code"] == "invalid_argument" and err["error"]["field"] == field
+            status, err = await call(api, "PUT", "/api/v1/alert-targets/bad", {"url": hook.url, "smtp": smtp})
+            assert status == 400 and err["error"]["field"] == "smtp"
+            assert (await call(api, "GET", "/api/v1/alert-targets/bad"))[0] == 404
+
+            assert await until(lambda: _true("mail" in notifier.workers and "hook" in notifier.workers))
+            await _switches(nc)
+            assert await until(lambda: _true(len(box.messages) == 1))
+            [msg] = box.messages
+            assert msg["Subject"] == "GTM: www.example.com switched from Primary-DC to Backup-DC: Primary-DC unavailable"
+            lines = msg.get_content().splitlines()
+            assert {"Domain: www.example.com", "Pool before: Primary-DC", "Pool after: Backup-DC",
+                    "Reason: Primary-DC unavailable", "Console: http://127.0.0.1:8080/#/domains/www.example.com"} <= set(lines)
+            assert any(line.startswith("Time: ") and line.endswith("Z") for line in lines)
+            [post] = await _posts(hook, 1)
+            assert post["console_url"] == "http://127.0.0.1:8080/#/domains/www.example.com"
+    finally:
+        await hook.stop()

@@ -476,7 +476,9 @@ async def test_status_before_the_scheduler_published_anything(api: Client) -> No
     status, body = await call(api, "GET", "/api/v1/domains/WWW.example.com/status")
     assert status == 200
     unknown: dict[str, Any] = {"available": None, "mode": "auto", "region": "", "lines": ["default"],
-                               "waiting": None, "warming": None, "checks": []}
+                               "waiting": None, "warming": None, "checks": [], "healthy": None,
+                               "health_reason": None, "mode_in_force": None, "maintenance_until": None,
+                               "judgement": "all_ok"}
     assert body == {"domain": "www.example.com", "enabled": False, "status": "disabled", "answer": None, "pools": [
         {"name": "Primary-DC", "available": None, "warming": None, "region": "", "lines": ["default"],
          "fallback_pool": False, "addresses": [

@@ -88,8 +88,8 @@ async def test_a_pool_too_big_to_store_is_413_naming_the_field_and_writes_nothin
 
 
 async def test_the_largest_pool_under_the_limit_is_stored(api: Client, nc: NatsClient) -> None:
-    # 6,000 addresses with names padded so that the stored form lands just under the limit
-    n, pad = 6000, 1
+    # 4,000 addresses with names padded so that the stored form lands just under the limit
+    n, pad = 4000, 1
     while True:
         probe = {"type": "ipv4", "addresses": _addresses(n, pad + 1)}
         if _stored_size(probe) > MAX_STORED_BYTES:

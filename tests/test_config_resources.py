@@ -103,7 +103,8 @@ async def test_topology_is_empty_at_revision_0_until_set_then_put_and_got(api: C
 async def test_alert_target_defaults(api: Client) -> None:
     body = await _ok(api, "PUT", "/api/v1/alert-targets/ops", TARGET)
     assert {k: v for k, v in body.items() if k != "revision"} == {
-        "url": TARGET["url"], "name": "ops", "enabled": True, "kinds": ["address", "pool", "domain"], "remarks": ""}
+        "url": TARGET["url"], "name": "ops", "enabled": True, "kinds": ["address", "pool", "domain"], "remarks": "",
+        "type": "webhook", "smtp": "", "from": "", "to": [], "starttls": False, "username": "", "password": ""}
 
 
 # -- bad input and errors, every new route ----------------------------------------------

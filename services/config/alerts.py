@@ -1,17 +1,24 @@
-"""Pure alert logic: which switches happened, and the JSON body each webhook receives.
+"""Pure alert logic: which switches happened, the JSON body a webhook receives, the text of the others.
 
 Domain switches come from the scheduler's SwitchEvents as they are.  Pool and address
 switches are derived from consecutive PoolStates of one pool: a change of ``available``
-is a switch; the first state seen of a pool is only the baseline.
+is a switch; the first state seen of a pool is only the baseline.  Email and Apprise
+targets get the same alert as a title and a plain-text body (:func:`alert_text`).
 """
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from typing import Any
 
 from services.config.views import iso, switch_message
 from shared.messages import AddressState, PoolState, SwitchEvent
 from shared.resources import AlertTarget
+
+# An email address as far as GTM cares: one "@" with something on each side, nothing that could
+# break a header or an SMTP command (space, control characters, angle brackets, commas, quotes).
+_ADDRESS_RE = re.compile(r"^[^@\s<>,;:\"()\[\]\\\x00-\x1f\x7f]+@[^@\s<>,;:\"()\[\]\\\x00-\x1f\x7f]+$")
 
 Alert = dict[str, Any]
 
@@ -100,3 +107,64 @@ class PoolWatch:
 def wanted(target: AlertTarget, alert: Alert) -> bool:
     """Whether ``target`` receives ``alert``."""
     return target.enabled and alert["kind"] in target.kinds
+
+
+def is_address(value: str) -> bool:
+    """Whether ``value`` looks like an email address (one "@", no spaces or control characters)."""
+    return bool(_ADDRESS_RE.match(value))
+
+
+def smtp_endpoint(smtp: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) as (host, port); ValueError unless both are there and valid."""
+    if not smtp or _CONTROL_OR_SPACE.search(smtp) or "/" in smtp or "@" in smtp:
+        raise ValueError("smtp must be host:port")
+    split = urllib.parse.urlsplit("//" + smtp)
+    host, port = split.hostname, split.port  # .port raises ValueError on a bad port
+    if not host or port is None or port == 0:
+        raise ValueError("smtp must be host:port with a port from 1 to 65535")
+    return host, port
+
+
+_CONTROL_OR_SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
+def console_link(base: str, alert: Alert) -> str:
+    """The console page of what ``alert`` is about (a domain, or the pool), or "" without a ``base``."""
+    if not base:
+        return ""
+    if alert.get("kind") == "domain":
+        return f"{base}/#/domains/{urllib.parse.quote(str(alert['domain']), safe='')}"
+    return f"{base}/#/pools/{urllib.parse.quote(str(alert['pool']), safe='')}"
+
+
+def _list(values: list[str]) -> str:
+    return ", ".join(values) or "(none)"
+
+
+def alert_text(alert: Alert) -> tuple[str, str]:
+    """The title (mail subject) and the plain-text body of an alert, for email and Apprise targets."""
+    if alert["kind"] == "domain":
+        title = f"GTM: {alert['domain']} {alert['message']}"
+        lines = [  # no line starts "From ": mail software turns that into ">From "
+            f"Domain: {alert['domain']}",
+            f"Pool before: {alert['from_pool'] or '(none)'}",
+            f"Pool after: {alert['to_pool'] or '(none)'}" + (" (fallback)" if alert.get("fallback") else ""),
+        ]
+    elif alert["kind"] == "pool":
+        state = _word(bool(alert["available"]))
+        title = f"GTM: pool {alert['pool']} is {state}"
+        lines = [f"Pool: {alert['pool']}", f"State: {state}"]
+    else:
+        state = _word(bool(alert["available"]))
+        title = f"GTM: address {alert['pool']}/{alert['address']} ({alert['target']}) is {state}"
+        lines = [f"Pool: {alert['pool']}", f"Address: {alert['address']} ({alert['target']})", f"State: {state}"]
+    lines += [
+        f"Reason: {alert['reason']}",
+        f"Time: {alert['at']}",
+        f"Answer before: {_list(alert['before'])}",
+        f"Answer after: {_list(alert['after'])}",
+    ]
+    if alert.get("console_url"):
+        lines.append(f"Console: {alert['console_url']}")
+    lines += ["", str(alert["message"])]
+    return title, "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
-from services.config import lines
+from services.config import healthlog, lines
 from services.config.apply import apply_document_request, execute
 from services.config.backend import Backend, run_backend
 from services.config.codec import API_BASE, DOMAIN, KINDS, MAX_BODY_BYTES, Kind, etag, too_deep
@@ -248,6 +248,15 @@ async def list_events(request: web.Request) -> web.Response:
     return json_response({"events": await backend.query_events(query)})
 
 
+async def health_logs(request: web.Request) -> web.Response:
+    """``GET /health-logs?pool=&address=&region=&since=&limit=``: failed checks and health changes, newest first."""
+    query = healthlog.parse_query(request.query)
+    backend = request.app[BACKEND]
+    backend.require_available()
+    assert backend.js is not None
+    return json_response(await healthlog.read(backend.js, query))
+
+
 async def _topology(request: web.Request) -> Topology | None:
     found = await request.app[BACKEND].store.find(KINDS["topology"], "topology")
     return found.resource if found is not None and isinstance(found.resource, Topology) else None
@@ -339,6 +348,7 @@ def create_app(
             *(route for kind in KINDS.values() for route in resource_routes(kind)),
             web.get(f"{API_BASE}/events", list_events, allow_head=False),
             web.get(f"{API_BASE}/lines", line_catalog, allow_head=False),
+            web.get(f"{API_BASE}/health-logs", health_logs, allow_head=False),
             web.get(f"{API_BASE}/lines/lookup", line_lookup, allow_head=False),
             web.get(OPENAPI_PATH, openapi_document, allow_head=False),
             web.post(f"{API_BASE}/apply", apply_document_route),

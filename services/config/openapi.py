@@ -26,7 +26,7 @@ from services.config.console import STATIC_FILES
 from services.config.errors import STATUS_FOR_CODE, ApiError, ErrorBody
 from services.config.lines import LineCatalog, LineLookup
 from services.config.views import EVENT_KINDS, MAX_LIMIT, DomainStatus, EventsQuery
-from shared.messages import OperationEvent, SwitchEvent
+from shared.messages import HealthLogEntry, OperationEvent, SwitchEvent
 from shared.resources import NAME_RE
 
 OPENAPI_PATH = f"{API_BASE}/openapi.json"
@@ -207,6 +207,7 @@ def schemas() -> dict[str, Any]:
         DomainStatus,
         LineCatalog,
         LineLookup,
+        HealthLogEntry,
         ErrorBody,
         Health,
         Readiness,
@@ -222,6 +223,11 @@ def schemas() -> dict[str, Any]:
     for name, struct in EVENT_MESSAGES.items():
         out[f"{struct.__name__}View"] = _event_view(name, struct, components)
     out["DocumentRequest"]["properties"]["document"] = _document_schema(components, out)
+    log_view = out["HealthLogEntryView"] = _as_rendered(components.pop("HealthLogEntry"))
+    out.pop("HealthLogEntry", None)
+    log_view["properties"]["at"] = {"type": "string", "format": "date-time"}
+    log_view["properties"].pop("type", None)  # the message tag is not rendered
+    log_view["required"] = [p for p in log_view["required"] if p != "type"]
     out["ErrorDetail"]["properties"]["code"]["enum"] = list(STATUS_FOR_CODE)
     return out
 
@@ -390,6 +396,25 @@ def _other_paths() -> dict[str, Any]:
                 "tags": ["events"],
                 "parameters": _params(*_events_params()),
                 "responses": {"200": _json(events, "Switch and operation events, newest first."), **_errors(503)},
+            }
+        },
+        f"{API_BASE}/health-logs": {
+            "get": {
+                "operationId": "listHealthLogs",
+                "tags": ["health-logs"],
+                "parameters": _params(
+                    *({"name": n, "in": "query", "required": False, "schema": {"type": "string", **extra}}
+                      for n, extra in (("pool", {"pattern": NAME_RE}), ("address", {"pattern": NAME_RE}),
+                                       ("region", {"maxLength": 64}), ("since", {"format": "date-time"}))),
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ),
+                "responses": {"200": _json({
+                    "type": "object",
+                    "properties": {"logs": {"type": "array", "items": _ref("HealthLogEntryView")},
+                                   "truncated": {"type": "boolean"}},
+                    "required": ["logs"],
+                }, "Failed checks and health changes, newest first."), **_errors(503)},
             }
         },
         f"{API_BASE}/lines": {

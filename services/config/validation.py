@@ -36,6 +36,7 @@ from shared.resources import (
     check_health,  # the same rules as an address's check
     check_no_control,
     check_url_name,
+    checks_of,
     validate_domain,
     validate_pool,
 )
@@ -148,9 +149,9 @@ def _reresolved(template: str, check: HealthCheck, pools: Sequence[Stored]) -> t
         try:
             validate_pool(new, stored.name)
         except ResourceError as exc:
-            where = exc.field.rpartition(".health_check.")
+            where = re.search(r"\.health_checks?(\[\d+\])?\.(.*)$", exc.field)
             raise InvalidArgument(
-                f"{exc.message} in pool {stored.name!r} ({exc.field})", where[2] if where[1] else ""
+                f"{exc.message} in pool {stored.name!r} ({exc.field})", where.group(2) if where else ""
             ) from None
         check_size(new, f"pool {stored.name!r}, made from this template,", named=False)
         out.append((stored, new))
@@ -193,17 +194,55 @@ def validate_template(template: HealthTemplate, name: str) -> HealthCheck:
 
 
 def validate_alert_target(target: AlertTarget, name: str) -> AlertTarget:
-    """Check an alert target: an http(s) URL with a host; return it named."""
+    """Check an alert target by its type; return it named.
+
+    A webhook needs an http(s) URL with a host; an email target an SMTP ``host:port``, a ``from``
+    and at least one ``to`` that look like addresses; an Apprise target a URL Apprise accepts.
+    A field of another type (``smtp`` on a webhook, ``url`` on an email target) is refused.
+    """
+    import apprise  # here, not at the top: only alert targets need them
+
+    from services.config import alerts
     check_name(target.name, name)
     check_url_name(name, "name", "alert target")
-    check_no_control(target.url, "url")  # urlsplit would drop CR, LF and tab silently
-    try:
-        url = urllib.parse.urlsplit(target.url)
-        host, _port = url.hostname, url.port  # .port raises on a bad port
-    except ValueError:
-        raise ResourceError(f"{target.url!r} is not a valid URL", "url") from None
-    if url.scheme not in ("http", "https") or not host:
-        raise ResourceError("url must be an http:// or https:// URL with a host", "url")
+    own = {"webhook": {"url"}, "apprise": {"url"},
+           "email": {"smtp", "sender", "to", "starttls", "username", "password"}}[target.type]
+    for f in msgspec.structs.fields(AlertTarget):
+        if f.name in {"url", "smtp", "sender", "to", "starttls", "username", "password"} - own \
+                and getattr(target, f.name):
+            raise ResourceError(f"{f.encode_name} is not a field of {target.type} alert targets", f.encode_name)
+    if target.type == "email":
+        for field, value in (("smtp", target.smtp), ("from", target.sender), ("username", target.username),
+                             ("password", target.password), *((f"to[{i}]", t) for i, t in enumerate(target.to))):
+            check_no_control(value, field)  # CR and LF would split an SMTP command or a header
+        try:
+            alerts.smtp_endpoint(target.smtp)
+        except ValueError as exc:
+            raise ResourceError(f"{target.smtp!r}: {exc}", "smtp") from None
+        if not alerts.is_address(target.sender):
+            raise ResourceError("from must be an email address", "from")
+        if not target.to:
+            raise ResourceError("an email target needs at least one address in to", "to")
+        for i, address in enumerate(target.to):
+            if not alerts.is_address(address):
+                raise ResourceError(f"{address!r} is not an email address", f"to[{i}]")
+        if target.password and not target.username:
+            raise ResourceError("a password needs a username", "password")
+    elif target.type == "apprise":
+        check_no_control(target.url, "url")
+        if not target.url:
+            raise ResourceError("an apprise target needs a url", "url")
+        if not apprise.Apprise().add(target.url):
+            raise ResourceError("url is not a URL Apprise knows (see its list of services)", "url")
+    else:
+        check_no_control(target.url, "url")  # urlsplit would drop CR, LF and tab silently
+        try:
+            url = urllib.parse.urlsplit(target.url)
+            host, _port = url.hostname, url.port  # .port raises on a bad port
+        except ValueError:
+            raise ResourceError(f"{target.url!r} is not a valid URL", "url") from None
+        if url.scheme not in ("http", "https") or not host:
+            raise ResourceError("url must be an http:// or https:// URL with a host", "url")
     return msgspec.structs.replace(target, name=name, kinds=list(dict.fromkeys(target.kinds)), revision=None)
 
 
@@ -228,12 +267,34 @@ def validate_topology(topology: Topology) -> Topology:
 # -- health templates ---------------------------------------------------------------------
 
 
-def _checks(doc: Any) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(index, health_check object) of every address of a pool document that has one."""
+CheckSlot = tuple[int, str, int | None]  # (address index, "health_check" | "health_checks", index in the list)
+
+
+def _checks(doc: Any) -> Iterator[tuple[CheckSlot, dict[str, Any]]]:
+    """(where, check object) of every check of every address of a pool document (shorthand or list)."""
     addresses = doc.get("addresses") if isinstance(doc, dict) else None
     for i, addr in enumerate(addresses if isinstance(addresses, list) else []):
-        if isinstance(addr, dict) and isinstance(addr.get("health_check"), dict):
-            yield i, addr["health_check"]
+        if not isinstance(addr, dict):
+            continue
+        if isinstance(addr.get("health_check"), dict):
+            yield (i, "health_check", None), addr["health_check"]
+        listed = addr.get("health_checks")
+        for j, hc in enumerate(listed if isinstance(listed, list) else []):
+            if isinstance(hc, dict):
+                yield (i, "health_checks", j), hc
+
+
+def _slot_field(slot: CheckSlot) -> str:
+    i, key, j = slot
+    return f"addresses[{i}].{key}" + ("" if j is None else f"[{j}]")
+
+
+def _put(doc: dict[str, Any], slot: CheckSlot, check: dict[str, Any]) -> None:
+    i, key, j = slot
+    if j is None:
+        doc["addresses"][i][key] = check
+    else:
+        doc["addresses"][i][key][j] = check
 
 
 def template_refs(doc: Any) -> set[str]:
@@ -277,32 +338,40 @@ def expand_templates(doc: Any, templates: Mapping[str, HealthCheck]) -> Any:
         return doc
     out = dict(doc)
     out["addresses"] = [dict(a) if isinstance(a, dict) else a for a in doc["addresses"]]
-    for i, hc in _checks(out):
-        field = f"addresses[{i}].health_check"
+    for a in out["addresses"]:
+        if isinstance(a, dict) and isinstance(a.get("health_checks"), list):
+            a["health_checks"] = list(a["health_checks"])
+    for slot, hc in list(_checks(out)):
+        field = _slot_field(slot)
         name = hc.get("template")
         if not name or not isinstance(name, str):
-            out["addresses"][i]["health_check"] = {k: v for k, v in hc.items() if k != "overrides"}
+            _put(out, slot, {k: v for k, v in hc.items() if k != "overrides"})
             continue
         template = templates.get(name)
         if template is None:
             raise ResourceError(f"health template {name!r} does not exist", f"{field}.template")
         overrides = _overrides(hc, msgspec.to_builtins(template), field)
-        out["addresses"][i]["health_check"] = merge_check(template, hc, overrides, name)
+        _put(out, slot, merge_check(template, hc, overrides, name))
     return out
 
 
 def reresolve(pool: Pool, name: str, template: HealthCheck) -> Pool:
     """``pool`` with every check made from template ``name`` rebuilt from its new version."""
+    def rebuilt(hc: HealthCheck) -> HealthCheck:
+        if hc.template != name:
+            return hc
+        return msgspec.convert(merge_check(template, msgspec.to_builtins(hc), list(hc.overrides), name), HealthCheck)
+
     addresses = []
     for addr in pool.addresses:
-        hc = addr.health_check
-        if hc is not None and hc.template == name:
-            merged = merge_check(template, msgspec.to_builtins(hc), list(hc.overrides), name)
-            addr = msgspec.structs.replace(addr, health_check=msgspec.convert(merged, HealthCheck))
+        if addr.health_check is not None:
+            addr = msgspec.structs.replace(addr, health_check=rebuilt(addr.health_check))
+        if addr.health_checks:
+            addr = msgspec.structs.replace(addr, health_checks=[rebuilt(hc) for hc in addr.health_checks])
         addresses.append(addr)
     return msgspec.structs.replace(pool, addresses=addresses)
 
 
 def uses_template(pool: Pool, name: str) -> bool:
     """Whether any address of ``pool`` has a check made from template ``name``."""
-    return any(a.health_check is not None and a.health_check.template == name for a in pool.addresses)
+    return any(hc.template == name for a in pool.addresses for hc in checks_of(a))

@@ -179,18 +179,18 @@ class EventLog:
 
 
 class ProbeTable:
-    """The latest probe result per (address key, region, prober)."""
+    """The latest probe result per (address key, check, region, prober)."""
 
     def __init__(self, max_age_s: float = 3 * 3600, prune_every: int = 1024) -> None:
         self.max_age_s = max_age_s
         self.prune_every = prune_every
         self._added = 0
-        self._latest: dict[str, dict[tuple[str, str], ProbeResult]] = {}
+        self._latest: dict[str, dict[tuple[int, str, str], ProbeResult]] = {}
 
     def add(self, result: ProbeResult) -> None:
         """Keep ``result`` unless a newer one of the same prober is known."""
         per_key = self._latest.setdefault(result.key, {})
-        slot = (result.region, result.prober)
+        slot = (result.check, result.region, result.prober)
         old = per_key.get(slot)
         if old is None or old.at <= result.at:
             per_key[slot] = result
@@ -208,7 +208,7 @@ class ProbeTable:
                 del self._latest[key]
 
     def checks(self, key: str) -> list[ProbeResult]:
-        """The latest results of one address, by region then prober."""
+        """The latest results of one address, by check, region, then prober."""
         return [r for _, r in sorted(self._latest.get(key, {}).items())]
 
 
@@ -217,7 +217,7 @@ DateTime = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]  # is
 
 
 class CheckView(Struct, kw_only=True, frozen=True):
-    """The latest result of one prober for one address."""
+    """The latest result of one prober for one check of one address."""
 
     region: str
     prober: str
@@ -225,6 +225,9 @@ class CheckView(Struct, kw_only=True, frozen=True):
     rtt_ms: float | None
     error: str
     at: DateTime
+    check: int = 0  # which of the address's health checks
+    protocol: str = ""
+    loss_pct: float | None = None  # ping: the share of echo requests lost
 
 
 class AddressStatus(Struct, kw_only=True, frozen=True):
@@ -233,12 +236,19 @@ class AddressStatus(Struct, kw_only=True, frozen=True):
     name: str
     address: str
     available: bool | None
-    mode: AddressMode
+    mode: AddressMode  # as configured
     region: str
     lines: list[str]  # the request-source lines the address serves inside its pool
     waiting: str | None
     warming: bool | None
     checks: list[CheckView]
+    # What the scheduler says beyond ``available`` (null until it publishes): the real health, whatever
+    # the mode; the mode in force (a maintenance window's, else ``mode``) and until when
+    healthy: bool | None = None
+    health_reason: str | None = None
+    mode_in_force: str | None = None
+    maintenance_until: DateTime | None = None
+    judgement: str = "all_ok"  # how its checks combine (with several)
 
 
 class PoolStatus(Struct, kw_only=True, frozen=True):
@@ -294,6 +304,9 @@ def render_check(result: ProbeResult) -> CheckView:
         rtt_ms=result.rtt_ms,
         error=result.error,
         at=iso(result.at),
+        check=result.check,
+        protocol=result.protocol,
+        loss_pct=result.loss_pct,
     )
 
 
@@ -340,6 +353,11 @@ def render_pool_status(
                 waiting=seen.waiting if seen else None,
                 warming=seen.warming if seen else None,
                 checks=[render_check(r) for r in probes.checks(subjects.address_key(name, addr.name))],
+                healthy=seen.healthy if seen else None,
+                health_reason=seen.health_reason if seen else None,
+                mode_in_force=seen.mode if seen else None,
+                maintenance_until=iso(seen.maintenance_until) if seen and seen.maintenance_until else None,
+                judgement=addr.judgement,
             )
         )
     return PoolStatus(

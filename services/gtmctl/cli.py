@@ -214,6 +214,26 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_health_logs(client: Client, args: argparse.Namespace) -> int:
+    """Print an address's (or pool's, or every) health log, newest first."""
+    params = {k: v for k, v in (("pool", args.pool), ("address", args.address), ("region", args.region),
+                                ("since", args.since), ("limit", str(args.limit))) if v}
+    body = client.call("GET", "/health-logs?" + urllib.parse.urlencode(params))
+    for e in body["logs"]:
+        where = f"{e['pool']}/{e['address']}"
+        if e["kind"] == "address_changed":
+            detail = e["message"]
+        else:
+            seen = f"{e['region']} {e['prober']}".strip()
+            rtt = f" rtt {e['rtt_ms']:.1f} ms" if e.get("rtt_ms") is not None else ""
+            loss = f" loss {e['loss_pct']:.0f}%" if e.get("loss_pct") is not None else ""
+            detail = f"{e['protocol']}#{e['check']} {seen}: {e['message'] or e['error'] or 'ok'}{rtt}{loss}"
+        print(f"{e['at']}  {e['kind']:<15} {where:<28} {detail}")
+    if body.get("truncated"):
+        print("(more entries than one query reads: narrow it with --since)", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     """Say which pool and addresses a domain answers, and why."""
     dom = client.call("GET", f"/domains/{args.domain}")
@@ -329,6 +349,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--kind", choices=["switch", "operation"])
     e.add_argument("--limit", type=int, default=20)
     e.set_defaults(func=cmd_events)
+    h = sub.add_parser("health-logs", help="failed checks and health changes of addresses, newest first")
+    h.add_argument("--pool")
+    h.add_argument("--address", help="an address of --pool")
+    h.add_argument("--region", help="only what this prober region saw")
+    h.add_argument("--since", help="RFC 3339 time (default: one day back)")
+    h.add_argument("--limit", type=int, default=50)
+    h.set_defaults(func=cmd_health_logs)
     x = sub.add_parser("explain", help="which pool and addresses a domain answers, and why")
     x.add_argument("domain")
     x.add_argument("--client-subnet", help="explain for a client in this subnet: its line, region and answer")

@@ -6,11 +6,16 @@ When verified, the name checked is ``host`` (else the address itself).  When the
 check has a ``host``, it is sent as the Host header and as the TLS SNI name.
 Redirects are not followed: a 3xx is a status like any other.  With
 ``body_match`` the first 64 KiB of the body must contain the string.
+
+A ping check sends ``packets`` echo requests ``PING_GAP_S`` apart, each given
+``timeout_s`` for its reply, and fails when the share lost reaches ``loss_rate``
+percent (the default, one packet and 100%, fails when the one reply is missing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,9 +37,9 @@ from services.prober.errors import (
     BODY_MISMATCH,
     DNS_ERROR,
     PING_NOT_PERMITTED,
-    TIMEOUT,
     classify_error,
 )
+from shared.resources import PING_GAP_S
 
 log = structlog.get_logger(__name__)
 
@@ -159,21 +164,22 @@ class Checker:
 
     async def _ping(self, target: Target) -> Outcome:
         hc = target.check
+        address = target.target
+        if icmplib.is_hostname(address):
+            try:
+                address = (await icmplib.async_resolve(address))[0]
+            except icmplib.NameLookupError:
+                return Outcome(ok=False, error=DNS_ERROR)
         modes = [False, True] if self._ping_privileged is None else [self._ping_privileged]
         for privileged in modes:
             try:
-                async with asyncio.timeout(hc.timeout_s + 1):
-                    host = await icmplib.async_ping(
-                        target.target, count=1, timeout=hc.timeout_s, privileged=privileged
-                    )
+                # the echo requests and the wait for the last one's reply, and a second of grace
+                async with asyncio.timeout((hc.packets - 1) * PING_GAP_S + hc.timeout_s + 1):
+                    lost, rtts = await _echo(address, hc.packets, hc.timeout_s, privileged=privileged)
             except icmplib.SocketPermissionError:
                 continue
-            except icmplib.NameLookupError:
-                return Outcome(ok=False, error=DNS_ERROR)
             self._ping_privileged = privileged
-            if host.is_alive:
-                return Outcome(ok=True, rtt_ms=round(float(host.avg_rtt), 3))
-            return Outcome(ok=False, error=TIMEOUT)
+            return _ping_outcome(hc.packets, lost, rtts, hc.loss_rate)
         self._ping_privileged = None
         self._warn_ping("the OS refuses ICMP sockets to this process")
         return Outcome(ok=False, error=PING_NOT_PERMITTED)
@@ -204,6 +210,85 @@ async def _read_prefix(content: aiohttp.StreamReader, needle: bytes) -> bytes:
         if needle in buf:
             break
     return bytes(buf)
+
+
+async def _echo(address: str, count: int, timeout_s: float, *, privileged: bool) -> tuple[int, list[float]]:
+    """Send ``count`` echo requests to the IP ``address``, PING_GAP_S apart: (how many got no reply, RTTs in ms).
+
+    The requests go on schedule, not after the previous reply: a reply counts when it comes within
+    ``timeout_s`` of its request, so the whole takes at most ``(count - 1) * PING_GAP_S + timeout_s``.
+    A request the OS refuses to send (no route) is lost.  Raises SocketPermissionError when the OS
+    refuses the socket itself.
+    """
+    v6 = icmplib.is_ipv6_address(address)
+    echo_reply = 129 if v6 else 0
+    raw = (icmplib.ICMPv6Socket if v6 else icmplib.ICMPv4Socket)(None, privileged)
+    ident = icmplib.utils.unique_identifier()  # distinct per check in this process (raw sockets see every reply)
+    pending: dict[int, Any] = {}  # sequence -> the ICMPRequest still waiting for its reply
+    rtts: list[float] = []
+    all_answered = asyncio.Event()
+    sending = True
+
+    def settled() -> None:
+        if not sending and not pending:
+            all_answered.set()
+
+    async def receive(sock: Any) -> None:
+        while True:
+            try:
+                reply = await sock.receive(None, timeout_s + count * PING_GAP_S + 1)
+            except icmplib.TimeoutExceeded:
+                continue
+            except icmplib.ICMPSocketError:  # an error queued on the socket: not a reply to anything
+                await asyncio.sleep(0.01)  # and never a busy loop, should it stay
+                continue
+            if reply.type != echo_reply:  # an error (unreachable, TTL exceeded) or, on loopback, a request
+                continue
+            request = pending.get(reply.sequence)
+            if request is None or request.id != reply.id:
+                continue  # someone else's, or a late duplicate
+            rtt_s = reply.time - request.time
+            if rtt_s <= timeout_s:  # a later reply is a loss, as it would be to a lone request
+                rtts.append(rtt_s * 1000.0)
+                del pending[reply.sequence]
+                settled()
+
+    with icmplib.AsyncSocket(raw) as sock:
+        receiver = asyncio.create_task(receive(sock))
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            last_sent = start
+            for sequence in range(count):
+                await asyncio.sleep(max(0.0, start + sequence * PING_GAP_S - loop.time()))
+                request = icmplib.ICMPRequest(destination=address, id=ident, sequence=sequence)
+                try:
+                    sock.send(request)
+                except icmplib.ICMPLibError:
+                    continue  # not sent: lost
+                pending[sequence] = request
+                last_sent = loop.time()
+            sending = False
+            settled()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, last_sent + timeout_s - loop.time())):
+                    await all_answered.wait()
+        finally:
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiver
+    return count - len(rtts), rtts
+
+
+def _ping_outcome(sent: int, lost: int, rtts: list[float], loss_rate: int) -> Outcome:
+    """Fails when ``lost`` of ``sent`` reaches ``loss_rate`` percent; rtt_ms: the replies' average."""
+    loss_pct = round(100.0 * lost / sent, 2)
+    rtt_ms = round(sum(rtts) / len(rtts), 3) if rtts else None
+    if lost * 100 >= loss_rate * sent:  # in integers: 3 of 10 is exactly 30%
+        return Outcome(
+            ok=False, rtt_ms=rtt_ms, loss_pct=loss_pct, error=f"packet loss {loss_pct:g}% (threshold {loss_rate}%)"
+        )
+    return Outcome(ok=True, rtt_ms=rtt_ms, loss_pct=loss_pct)
 
 
 def _ms(seconds: float) -> float:

@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Struct
 
 from shared import subjects
-from shared.resources import HealthCheck, Pool
+from shared.resources import HealthCheck, Pool, checks_of
 
 # A fresh start (or a changed check) runs its first check within this window,
 # so a new prober reports quickly instead of waiting up to a whole interval.
@@ -29,6 +29,17 @@ class Target(Struct, kw_only=True, frozen=True):
     address: str  # the address's name
     target: str  # the IP or host name probed
     check: HealthCheck
+    index: int = 0  # which of the address's health checks
+
+    @property
+    def id(self) -> str:
+        """This check's identity among all targets: the address key, ``#index`` after it beyond the first."""
+        return target_id(self.key, self.index)
+
+
+def target_id(key: str, index: int) -> str:
+    """The identity of check ``index`` of the address ``key``."""
+    return key if index == 0 else f"{key}#{index}"
 
 
 class Outcome(Struct, kw_only=True, frozen=True):
@@ -37,6 +48,7 @@ class Outcome(Struct, kw_only=True, frozen=True):
     ok: bool
     rtt_ms: float | None = None
     error: str = ""
+    loss_pct: float | None = None  # ping: the share of echo requests lost
 
 
 class TargetDiff(Struct, kw_only=True, frozen=True):
@@ -53,23 +65,29 @@ class TargetDiff(Struct, kw_only=True, frozen=True):
 
 
 def derive_targets(pools: Mapping[str, Pool]) -> dict[str, Target]:
-    """Every enabled address with a health check in every enabled pool, by key."""
+    """Every health check of every enabled address in every enabled pool, by :attr:`Target.id`.
+
+    Manual modes are checked too: the real health is reported (and alerted) while the mode decides.
+    """
     targets: dict[str, Target] = {}
     for pool_name in sorted(pools):
         pool = pools[pool_name]
         if not pool.enabled:
             continue
         for addr in pool.addresses:
-            if not addr.enabled or addr.health_check is None:
+            if not addr.enabled:
                 continue
             key = subjects.address_key(pool_name, addr.name)
-            targets[key] = Target(
-                key=key,
-                pool=pool_name,
-                address=addr.name,
-                target=addr.address,
-                check=probed_check(addr.health_check),
-            )
+            for index, check in enumerate(checks_of(addr)):
+                target = Target(
+                    key=key,
+                    pool=pool_name,
+                    address=addr.name,
+                    target=addr.address,
+                    check=probed_check(check),
+                    index=index,
+                )
+                targets[target.id] = target
     return targets
 
 

@@ -205,18 +205,20 @@ class Prober:
             rtt_ms=outcome.rtt_ms,
             error=outcome.error,
             at=time.time(),
+            check=target.index,
+            loss_pct=outcome.loss_pct,
         )
         metrics.observe(self._region, target.check.protocol, outcome.ok, outcome.rtt_ms, outcome.error)
-        if self._last_ok.get(target.key) is not outcome.ok:
+        if self._last_ok.get(target.id) is not outcome.ok:
             self._log_transition(target, outcome)
         try:
             await self._nc.publish(subject, messages.encoder.encode(result))
         except Exception as exc:  # noqa: BLE001 - NATS away: the next interval tries again
-            log.warning("publish_failed", key=target.key, error=str(exc))
+            log.warning("publish_failed", key=target.id, error=str(exc))
 
     def _log_transition(self, target: Target, outcome: Outcome) -> None:
-        event = transition_event(self._last_ok.get(target.key), outcome.ok)
-        self._last_ok[target.key] = outcome.ok
+        event = transition_event(self._last_ok.get(target.id), outcome.ok)
+        self._last_ok[target.id] = outcome.ok
         if event is None:
             return
         level = log.warning if event == "check_failed" else log.info
@@ -226,6 +228,7 @@ class Prober:
             address=target.address,
             target=target.target,
             protocol=target.check.protocol,
+            check=target.index,
             error=outcome.error,
         )
 

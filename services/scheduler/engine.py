@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import msgspec
 
 from shared import subjects
-from shared.messages import AddressState, AnswerSet, PoolState, ProbeResult, SwitchEvent
-from shared.resources import Address, Domain, HealthCheck, Pool, domain_pools
+from shared.messages import AddressState, AnswerSet, HealthLogEntry, PoolState, ProbeResult, SwitchEvent
+from shared.resources import Address, Domain, HealthCheck, Pool, checks_of, domain_pools
 
+from . import health
 from .decide import (
     PoolView,
     decide_domain,
@@ -36,12 +37,16 @@ from .health import (
     AddressStatus,
     LastResult,
     VantageState,
+    address_health,
     address_status,
+    check_states,
     expired_vantages,
     is_checked,
     is_settled,
+    next_boundary,
     observe,
     same_outlook,
+    vantage_key,
     vantage_states,
     waiting_on,
 )
@@ -59,9 +64,10 @@ class Outputs:
     pool_states: list[PoolState] = field(default_factory=list)
     switches: list[SwitchEvent] = field(default_factory=list)
     removed_pools: list[str] = field(default_factory=list)
+    health_logs: list[HealthLogEntry] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.answers or self.pool_states or self.switches or self.removed_pools)
+        return bool(self.answers or self.pool_states or self.switches or self.removed_pools or self.health_logs)
 
 
 @dataclass
@@ -77,15 +83,17 @@ class _Tracked:
     # partition between probers and scheduler) says nothing about the backend, so neither
     # sending traffic to a dead address nor failing over from a healthy one is right.
     held: AddressStatus | None = None
-    check: HealthCheck = _DEFAULT_CHECK  # the address's check (kept in step with ``address``)
+    checks: list[HealthCheck] = field(default_factory=list)  # the address's checks (in step with ``address``)
+    boundary: float | None = None  # the next start or end of one of its maintenance windows (unix time)
 
     def __post_init__(self) -> None:
         self.set_address(self.address)
 
-    def set_address(self, address: Address) -> None:
+    def set_address(self, address: Address, *, at: float | None = None) -> None:
         """Follow a config change of the address."""
         self.address = address
-        self.check = address.health_check or _DEFAULT_CHECK
+        self.checks = checks_of(address) or [_DEFAULT_CHECK]
+        self.boundary = next_boundary(address, at) if address.maintenance and at is not None else None
 
 
 def next_revision(previous: AnswerSet | None, *, at: float) -> int:
@@ -119,6 +127,7 @@ class Engine:
         self.term = 0  # of the leader this engine decides for (stamped on what it publishes)
         # domain -> a stale answer's revision that its first answer must go above (not decided yet)
         self.floors: dict[str, int] = {}
+        self.logs: list[HealthLogEntry] = []  # health-log entries not handed out yet
 
     # -- loading previous decisions -------------------------------------------------
 
@@ -201,7 +210,7 @@ class Engine:
                 if is_checked(a) and not is_checked(tracked.address):
                     tracked.since = since  # newly checked: give its first check one interval
                     tracked.held = None
-                tracked.set_address(a)
+                tracked.set_address(a, at=at)
         if not self.started:
             return out
         if pool is not None:
@@ -241,11 +250,27 @@ class Engine:
         last = LastResult(
             ok=result.ok, error=result.error, protocol=result.protocol, rtt_ms=result.rtt_ms, at=result.at
         )
-        prev = tracked.vantages.get(result.region)
-        tracked.vantages[result.region] = observe(prev, last, tracked.check, seen=now)
+        if not 0 <= result.check < len(tracked.checks):
+            return out  # a check the address no longer has
+        vantage = vantage_key(result.region, result.check)
+        prev = tracked.vantages.get(vantage)
+        new = tracked.vantages[vantage] = observe(prev, last, tracked.checks[result.check], seen=now)
         tracked.held = None
-        if self.started and not same_outlook(prev, last) and self._refresh_address(result.key, tracked, now=now):
+        if self.started:
+            self.logs.extend(health.result_logs(result, prev, new))
+        if (
+            self.started
+            and not same_outlook(prev, last)
+            and self._refresh_address(result.key, tracked, now=now, at=at)
+        ):
             self._refresh_pool(tracked.pool, now=now, at=at, out=out, cascade=True)
+        return self._with_logs(out)
+
+    def _with_logs(self, out: Outputs) -> Outputs:
+        """``out`` with the health-log entries written since the last one."""
+        if self.logs:
+            out.health_logs.extend(self.logs)
+            self.logs.clear()
         return out
 
     def tick(self, *, now: float, at: float) -> Outputs:
@@ -257,19 +282,24 @@ class Engine:
         pools: set[str] = {p for p in self.retry_pools if p in self.pools}
         for key in expired:
             tracked = self.addresses.get(key)
-            if tracked is not None and self._refresh_address(key, tracked, now=now):
+            if tracked is not None and self._refresh_address(key, tracked, now=now, at=at):
                 pools.add(tracked.pool)
         for key in list(self.pending):
             tracked = self.addresses.get(key)
             if tracked is None:
                 self.pending.discard(key)
-            elif self._refresh_address(key, tracked, now=now):
+            elif self._refresh_address(key, tracked, now=now, at=at):
                 pools.add(tracked.pool)
+        for key, tracked in self.addresses.items():  # maintenance windows starting or ending
+            if tracked.boundary is not None and tracked.boundary <= at:
+                tracked.boundary = next_boundary(tracked.address, at)
+                if self._refresh_address(key, tracked, now=now, at=at):
+                    pools.add(tracked.pool)
         for name in sorted(pools):
             self._refresh_pool(name, now=now, at=at, out=out, cascade=True)
         for name in sorted(self.retry_domains):
             self._refresh_domain(name, at=at, out=out)
-        return out
+        return self._with_logs(out)
 
     def _sweep(self, *, now: float) -> list[str]:
         """Forget vantages that stopped reporting (a dead vantage point must not pin an address)."""
@@ -280,11 +310,13 @@ class Engine:
         for key, tracked in self.addresses.items():
             if not tracked.vantages:
                 continue
-            gone = expired_vantages(tracked.vantages, tracked.check, now=now)
+            gone = expired_vantages(tracked.vantages, tracked.checks, now=now)
             if not gone:
                 continue
             if len(gone) == len(tracked.vantages):
-                tracked.held = self._status(tracked, now=now)
+                tracked.held = address_health(
+                    tracked.address, tracked.vantages, now=now, tracked_since=tracked.since, held=tracked.held
+                )
             for vantage in gone:
                 del tracked.vantages[vantage]
             changed.append(key)
@@ -334,32 +366,40 @@ class Engine:
 
     # -- recomputation ------------------------------------------------------------------
 
-    def _status(self, tracked: _Tracked, *, now: float) -> AddressStatus:
+    def _status(self, tracked: _Tracked, *, now: float, at: float | None = None) -> AddressStatus:
         return address_status(
-            tracked.address, tracked.vantages, now=now, tracked_since=tracked.since, held=tracked.held
+            tracked.address, tracked.vantages, now=now, tracked_since=tracked.since, held=tracked.held, at=at
         )
 
-    def _refresh_address(self, key: str, tracked: _Tracked, *, now: float) -> bool:
+    def _refresh_address(self, key: str, tracked: _Tracked, *, now: float, at: float | None = None) -> bool:
         a = tracked.address
-        status = self._status(tracked, now=now)
+        status = self._status(tracked, now=now, at=at)
         settled = is_settled(a, tracked.vantages, now=now, tracked_since=tracked.since)
         state = AddressState(
             name=a.name,
             address=a.address,
             available=status.available,
-            mode=a.mode,
+            mode=status.mode,
             enabled=a.enabled,
             vantages=vantage_states(tracked.vantages),
             reason="" if status.available or not a.enabled else status.reason,
             waiting=waiting_on(a, tracked.vantages),
             warming=not settled,
             region=a.region,
+            healthy=status.healthy if a.enabled else None,
+            health_reason="" if status.healthy or not a.enabled else status.health_reason,
+            maintenance_until=status.maintenance_until,
+            checks=check_states(tracked.vantages, len(checks_of(a))),
         )
         if settled:
             self.pending.discard(key)
         else:
             self.pending.add(key)
         changed = state != tracked.state or settled != tracked.settled
+        if self.started and tracked.state is not None and changed:
+            entry = health.address_log(tracked.pool, tracked.state, state, at=at)
+            if entry is not None:
+                self.logs.append(entry)
         tracked.state, tracked.settled = state, settled
         return changed
 
@@ -370,7 +410,7 @@ class Engine:
         for a in pool.addresses:
             key = subjects.address_key(name, a.name)
             tracked = self.addresses[key]
-            self._refresh_address(key, tracked, now=now)
+            self._refresh_address(key, tracked, now=now, at=at)
             assert tracked.state is not None
             states[a.name] = tracked.state
             warming = warming or (pool.enabled and not tracked.settled)

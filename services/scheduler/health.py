@@ -1,18 +1,28 @@
 """Per-vantage threshold state machine and address availability (pure, no I/O).
 
-A vantage is the region of the probers that checked an address: each has its own
-thresholded state, and the address's availability combines them.  (An address's own
-``region``, where it is in the topology, is another thing.)
+A vantage is the region of the probers that checked an address with one of its checks:
+each has its own thresholded state.  A check's verdict combines its regions by
+``failure_rate``; the address's health combines its checks by its ``judgement``; its
+availability is that health unless its mode (or a maintenance window) says otherwise.
+Vantages are keyed by region for the first check and ``region.N`` for check N (a
+region never holds a dot).  (An address's own ``region``, where it is in the topology,
+is another thing.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import msgspec
 from msgspec import Struct
 
-from shared.resources import Address, HealthCheck
+from shared.messages import AddressState, HealthLogEntry, ProbeResult
+from shared.resources import Address, HealthCheck, checks_of
+
+# Share of checks that must pass, in percent, by judgement (and of addresses, by health condition).
+SHARE: dict[str, int] = {"any_ok": 0, "p30_ok": 30, "p50_ok": 50, "p70_ok": 70, "all_ok": 100}
 
 State = Literal["unknown", "up", "down"]
 
@@ -39,10 +49,43 @@ class VantageState(Struct, kw_only=True, frozen=True):
 
 
 class AddressStatus(Struct, kw_only=True, frozen=True):
-    """Whether an address may be answered, and why not."""
+    """Whether an address may be answered, and why not; its real health and the mode in force."""
 
     available: bool
     reason: str = ""
+    healthy: bool | None = None  # what its checks say, whatever the mode (None: no check)
+    health_reason: str = ""  # why it is unhealthy
+    mode: str = "auto"  # the mode in force: its own, or a maintenance window's
+    maintenance_until: float = 0.0  # the end of the window in force (unix time; 0: none)
+
+
+def vantage_key(region: str, check: int) -> str:
+    """The key of the vantage of ``region`` for check number ``check``."""
+    return region if check == 0 else f"{region}.{check}"
+
+
+def split_vantage(key: str) -> tuple[str, int]:
+    """(region, check number) of a vantage key."""
+    region, dot, index = key.rpartition(".")
+    if dot and index.isdigit():
+        return region, int(index)
+    return key, 0
+
+
+def window_mode(address: Address, at: float) -> tuple[str, float]:
+    """(the mode in force at unix time ``at``, the end of the maintenance window that sets it or 0)."""
+    when = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    for window in address.maintenance:
+        if window.start <= when < window.until:
+            return window.mode, window.until.timestamp()
+    return address.mode, 0.0
+
+
+def next_boundary(address: Address, at: float) -> float | None:
+    """The next start or end of a maintenance window after unix time ``at`` (None: none)."""
+    when = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    times = [t.timestamp() for w in address.maintenance for t in (w.start, w.until) if t > when]
+    return min(times) if times else None
 
 
 UNKNOWN = VantageState()
@@ -77,27 +120,37 @@ def vantage_max_age_s(hc: HealthCheck) -> float:
     return 3 * hc.interval_s + hc.timeout_s
 
 
-def expired_vantages(vantages: Mapping[str, VantageState], hc: HealthCheck, *, now: float) -> list[str]:
-    """Vantages whose last result is too old to vouch for the address (a dead vantage point)."""
-    oldest = now - vantage_max_age_s(hc)
-    return [name for name, v in vantages.items() if v.seen < oldest]
+def _check_of(checks: HealthCheck | Sequence[HealthCheck], index: int) -> HealthCheck | None:
+    if isinstance(checks, HealthCheck):
+        return checks
+    return checks[index] if 0 <= index < len(checks) else None
+
+
+def expired_vantages(
+    vantages: Mapping[str, VantageState], checks: HealthCheck | Sequence[HealthCheck], *, now: float
+) -> list[str]:
+    """Vantages whose last result is too old to vouch for the address (a dead vantage point), or of a check gone."""
+    out = []
+    for name, v in vantages.items():
+        hc = _check_of(checks, split_vantage(name)[1])
+        if hc is None or v.seen < now - vantage_max_age_s(hc):
+            out.append(name)
+    return out
 
 
 def is_checked(address: Address) -> bool:
     """An enabled auto-mode address with a health check: its state comes from probes."""
-    return address.enabled and address.mode == "auto" and address.health_check is not None
+    return address.enabled and address.mode == "auto" and bool(checks_of(address))
 
 
 def is_settled(
     address: Address, vantages: Mapping[str, VantageState], *, now: float, tracked_since: float
 ) -> bool:
-    """Whether an address has been observed, or needs no observation, or waited long enough."""
+    """Whether an address has been observed (each of its checks), or needs no observation, or waited long enough."""
     if not is_checked(address):
         return True
-    assert address.health_check is not None
-    if any(v.state != "unknown" for v in vantages.values()):
-        return True
-    return now - tracked_since >= address.health_check.interval_s
+    seen = {split_vantage(name)[1] for name, v in vantages.items() if v.state != "unknown"}
+    return all(i in seen or now - tracked_since >= hc.interval_s for i, hc in enumerate(checks_of(address)))
 
 
 def address_status(
@@ -107,32 +160,68 @@ def address_status(
     now: float,
     tracked_since: float,
     held: AddressStatus | None = None,
+    at: float | None = None,
 ) -> AddressStatus:
-    """Availability of one address from its mode, check and vantages' states.
+    """Availability of one address from its mode (or maintenance window at unix ``at``), checks and vantages.
 
     ``held`` is the availability decided when the last vantage expired: with no
-    vantage left the address keeps it rather than counting as never seen.
+    vantage left the address keeps it rather than counting as never seen.  The real
+    health is worked out in every mode, so that a manual mode still reports it.
     """
     if not address.enabled:
         return AddressStatus(available=False, reason=f"{address.name} disabled")
-    if address.mode == "manual_available":
+    mode, until = window_mode(address, at) if at is not None and address.maintenance else (address.mode, 0.0)
+    health = address_health(address, vantages, now=now, tracked_since=tracked_since, held=held)
+    if mode == "manual_available":
+        return AddressStatus(available=True, healthy=health.healthy, health_reason=health.health_reason,
+                             mode=mode, maintenance_until=until)
+    if mode == "manual_unavailable":
+        why = "in a maintenance window" if until else "set manual_unavailable"
+        return AddressStatus(available=False, reason=f"{address.name} {why}", healthy=health.healthy,
+                             health_reason=health.health_reason, mode=mode, maintenance_until=until)
+    return AddressStatus(available=health.available, reason=health.reason, healthy=health.healthy,
+                         health_reason=health.health_reason, mode=mode, maintenance_until=until)
+
+
+def address_health(
+    address: Address,
+    vantages: Mapping[str, VantageState],
+    *,
+    now: float,
+    tracked_since: float,
+    held: AddressStatus | None,
+) -> AddressStatus:
+    """What the address's checks say, combined by its judgement (available = healthy)."""
+    checks = checks_of(address)
+    if not checks:
         return AddressStatus(available=True)
-    if address.mode == "manual_unavailable":
-        return AddressStatus(available=False, reason=f"{address.name} set manual_unavailable")
-    hc = address.health_check
-    if hc is None:
-        return AddressStatus(available=True)
-    known = {name: v for name, v in sorted(vantages.items()) if v.state != "unknown"}
-    if not known:
-        if held is not None:
-            return held
-        if now - tracked_since >= hc.interval_s:
-            return AddressStatus(available=True)
-        return AddressStatus(available=False, reason=f"{address.name} {hc.protocol} no result yet")
-    down = [v for v in known.values() if v.state == "down"]
-    if 100 * len(down) / len(known) >= hc.failure_rate:
-        return AddressStatus(available=False, reason=_down_reason(address.name, hc, down[0]))
-    return AddressStatus(available=True)
+    by_check: dict[int, dict[str, VantageState]] = {}
+    for name, v in sorted(vantages.items()):
+        if v.state != "unknown":
+            region, index = split_vantage(name)
+            by_check.setdefault(index, {})[region] = v
+    if not by_check and held is not None:
+        return msgspec.structs.replace(held, healthy=held.available, health_reason=held.reason)
+    ups, reasons = 0, []
+    for index, hc in enumerate(checks):
+        known = by_check.get(index, {})
+        if not known:
+            if now - tracked_since >= hc.interval_s:
+                ups += 1
+            else:
+                reasons.append(f"{address.name} {hc.protocol} no result yet")
+            continue
+        down = [v for v in known.values() if v.state == "down"]
+        if 100 * len(down) / len(known) >= hc.failure_rate:
+            reasons.append(_down_reason(address.name, hc, down[0]))
+        else:
+            ups += 1
+    share = SHARE[address.judgement] if len(checks) > 1 else 100
+    healthy = ups >= 1 if share == 0 else 100 * ups >= share * len(checks)
+    reason = "" if healthy else (reasons[0] if len(checks) == 1 or not reasons else
+                                 f"{reasons[0]} ({len(checks) - ups} of {len(checks)} checks failing, "
+                                 f"judgement {address.judgement})")
+    return AddressStatus(available=healthy, reason=reason, healthy=healthy, health_reason=reason)
 
 
 def _down_reason(name: str, hc: HealthCheck, vantage: VantageState) -> str:
@@ -144,22 +233,34 @@ def _down_reason(name: str, hc: HealthCheck, vantage: VantageState) -> str:
 
 def waiting_on(address: Address, vantages: Mapping[str, VantageState]) -> str:
     """The anti-flap threshold the worst vantage waits on: "failures 1/3", "successes 0/2" or ""."""
-    hc = address.health_check
-    if hc is None or address.mode != "auto" or not address.enabled:
+    checks = checks_of(address)
+    if not checks or address.mode != "auto" or not address.enabled:
         return ""
-    waits = [v for _, v in sorted(vantages.items()) if v.state == "down" or (v.state == "up" and v.fails)]
+    waits = [(n, v) for n, v in sorted(vantages.items()) if v.state == "down" or (v.state == "up" and v.fails)]
+    waits = [(n, v) for n, v in waits if split_vantage(n)[1] < len(checks)]
     if not waits:
         return ""
     # worst first: a down vantage (fewest successes), else the up vantage with most failures
-    worst = min(waits, key=lambda v: (0, v.oks) if v.state == "down" else (1, -v.fails))
+    name, worst = min(waits, key=lambda nv: (0, nv[1].oks) if nv[1].state == "down" else (1, -nv[1].fails))
+    hc = checks[split_vantage(name)[1]]
     if worst.state == "down":
         return f"successes {worst.oks}/{hc.successes}"
     return f"failures {worst.fails}/{hc.failures}"
 
 
-def vantage_states(vantages: Mapping[str, VantageState]) -> dict[str, str]:
-    """Vantage -> "up" | "down" | "unknown", for the published pool view (``AddressState.vantages``)."""
-    return {name: v.state for name, v in sorted(vantages.items())}
+def vantage_states(vantages: Mapping[str, VantageState], check: int = 0) -> dict[str, str]:
+    """Region -> "up" | "down" | "unknown" for one check, for the published pool view (``AddressState.vantages``)."""
+    out: dict[str, str] = {}
+    for name, v in sorted(vantages.items()):
+        region, index = split_vantage(name)
+        if index == check:
+            out[region] = v.state
+    return out
+
+
+def check_states(vantages: Mapping[str, VantageState], checks: int) -> list[dict[str, str]]:
+    """:func:`vantage_states` of each of ``checks`` checks (empty for one check: ``vantages`` says it)."""
+    return [vantage_states(vantages, i) for i in range(checks)] if checks > 1 else []
 
 
 def same_outlook(prev: VantageState | None, last: LastResult) -> bool:
@@ -179,4 +280,47 @@ def same_outlook(prev: VantageState | None, last: LastResult) -> bool:
         and failure is not None
         and failure.error == last.error
         and failure.protocol == last.protocol
+    )
+
+
+# -- the health log ------------------------------------------------------------------------------
+
+
+def result_logs(result: ProbeResult, prev: VantageState | None, new: VantageState) -> list[HealthLogEntry]:
+    """What one probe result writes in the health log: a failed check, and a region's state change."""
+    base = HealthLogEntry(
+        at=result.at, kind="check_failed", pool=result.pool, address=result.address, region=result.region,
+        prober=result.prober, check=result.check, protocol=result.protocol, ok=result.ok, error=result.error,
+        rtt_ms=result.rtt_ms, loss_pct=result.loss_pct,
+    )
+    out = [] if result.ok else [base]
+    if new.state != "unknown" and (prev is None or prev.state != new.state):
+        message = f"{result.protocol} check {result.check} seen {new.state} from {result.region}"
+        out.append(msgspec.structs.replace(base, kind="region_changed", state=new.state, message=message))
+    return out
+
+
+def address_log(pool: str, old: AddressState, new: AddressState, *, at: float | None) -> HealthLogEntry | None:
+    """The health-log entry of an address whose availability, real health or mode in force changed (None: none)."""
+    if (old.available, old.healthy, old.mode) == (new.available, new.healthy, new.mode):
+        return None
+    parts = []
+    if new.mode != old.mode:
+        if new.maintenance_until:
+            until = datetime.datetime.fromtimestamp(new.maintenance_until, datetime.UTC).isoformat()
+            parts.append(f"maintenance window: {new.mode} until {until}")
+        elif old.maintenance_until:
+            parts.append(f"maintenance window over: back to {new.mode}")
+        else:
+            parts.append(f"mode {new.mode}")
+    if new.available != old.available:
+        parts.append("available" if new.available else f"unavailable: {new.reason or 'down'}")
+    if new.healthy != old.healthy and new.healthy is not None:
+        health = "healthy" if new.healthy else f"unhealthy: {new.health_reason or 'checks failing'}"
+        if new.mode != "auto":
+            health += f" (the answer was not changed: {new.mode})"
+        parts.append(health)
+    return HealthLogEntry(
+        at=at or 0.0, kind="address_changed", pool=pool, address=new.name, available=new.available,
+        healthy=new.healthy, mode=new.mode, error=new.health_reason or new.reason, message="; ".join(parts),
     )

@@ -340,6 +340,7 @@ class Scheduler:
         sends += [(subjects.answers(a.domain), a) for a in out.answers]
         sends += [(subjects.switch_event(s.domain), s) for s in out.switches]
         sends += [(subjects.pool_state(p.pool), p) for p in out.pool_states]
+        sends += [(subjects.health_log(e.pool, e.address), e) for e in out.health_logs]  # not retried
         results = await asyncio.gather(*(self._send(subj, m) for subj, m in sends), return_exceptions=True)
         failed_domains, failed_pools = [], []
         dropped: dict[str, int] = {}
