@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run demo test lint bench browser promtool clean
+.PHONY: install run demo test lint bench browser promtool nft clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,14 @@ promtool:
 
 # Lint and types first (ruff and mypy --strict, configured in pyproject.toml), then the suite.
 # pytest exits 5 when it collects no tests: that is not a failure of the suite.
-test: $(STAMP) browser promtool lint
+# nft builds the network partitions of the partition and ping-loss tests (Debian's `nftables`, ~1 MB).
+# Without it those tests skip and say why.
+nft:
+	@command -v nft >/dev/null || \
+	  { command -v apt-get >/dev/null && $(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null' || \
+	    echo "nft not installed: the partition tests will skip"; }
+
+test: $(STAMP) browser promtool nft lint
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: $(STAMP)

@@ -187,3 +187,38 @@ def test_ping_with_packets_and_loss_rate_is_accepted() -> None:
 def test_observe_is_per_check_vantage() -> None:
     v = observe(None, LastResult(ok=False, error="x"), TCP)
     assert v.state == "down"
+
+
+# -- alerts ---------------------------------------------------------------------------------------
+
+
+def _pool_state(**kw: Any) -> Any:
+    from shared.messages import AddressState, PoolState
+
+    return PoolState(pool="P", available=True, at=1.0, addresses=[AddressState(name="a", address="192.0.2.1", **kw)])
+
+
+def test_a_manual_modes_real_health_change_is_alerted_saying_the_answer_was_kept() -> None:
+    from services.config.alerts import PoolWatch
+
+    watch = PoolWatch()
+    watch.observe(_pool_state(available=True, mode="manual_available", healthy=True))
+    (alert,) = watch.observe(_pool_state(available=True, mode="manual_available", healthy=False,
+                                         health_reason="a tcp connection refused"))
+    assert alert["kind"] == "address" and alert["healthy"] is False
+    assert "unhealthy: a tcp connection refused (the answer was not changed: manual_available)" in alert["message"]
+    # in auto mode the same change is an ordinary availability alert, and no change is no alert
+    assert watch.observe(_pool_state(available=True, mode="manual_available", healthy=False,
+                                     health_reason="a tcp connection refused")) == []
+
+
+def test_a_maintenance_window_starting_and_ending_is_alerted() -> None:
+    from services.config.alerts import PoolWatch
+
+    watch = PoolWatch()
+    watch.observe(_pool_state(available=True, healthy=True))
+    (start,) = watch.observe(_pool_state(available=False, mode="manual_unavailable", healthy=True,
+                                         maintenance_until=1_900_000_000.0, reason="a in a maintenance window"))
+    assert "maintenance window (manual_unavailable) until 2030-03-17" in start["message"]
+    (end,) = watch.observe(_pool_state(available=True, healthy=True))
+    assert "maintenance window over, back to auto" in end["message"] and end["available"] is True

@@ -64,9 +64,26 @@ def pool_alert(old: PoolState, new: PoolState) -> Alert:
     }
 
 
-def address_alert(old: PoolState, new: PoolState, address: AddressState) -> Alert:
-    """The alert body of one address that became available or unavailable."""
+def address_alert(old: PoolState, new: PoolState, address: AddressState, was: AddressState | None = None) -> Alert:
+    """The alert body of one address that became available or unavailable, or whose real health or mode in
+    force changed (a manual mode, a maintenance window starting or ending): the reason says which."""
     reason = address.reason or ("checks ok" if address.available else "unavailable")
+    if address.maintenance_until:
+        until = iso(address.maintenance_until)
+        reason = f"maintenance window ({address.mode}) until {until}"
+        if address.reason:
+            reason += f": {address.reason}"
+    elif was is not None and was.maintenance_until:
+        reason = f"maintenance window over, back to {address.mode}: {reason}"
+    health = ""
+    if was is not None and address.healthy is not None and was.healthy != address.healthy and address.mode != "auto":
+        health = "healthy" if address.healthy else f"unhealthy: {address.health_reason or 'checks failing'}"
+        health += f" (the answer was not changed: {address.mode})"
+        if was.available == address.available and was.mode == address.mode:
+            reason = health
+    message = f"address {new.pool}/{address.name} ({address.address}) is {_word(address.available)}: {reason}"
+    if health and reason != health:
+        message += f"; {health}"
     return {
         "kind": "address",
         "at": iso(new.at),
@@ -77,7 +94,9 @@ def address_alert(old: PoolState, new: PoolState, address: AddressState) -> Aler
         "reason": reason,
         "before": serving(old),
         "after": serving(new),
-        "message": f"address {new.pool}/{address.name} ({address.address}) is {_word(address.available)}: {reason}",
+        "message": message,
+        "healthy": address.healthy,
+        "mode": address.mode,
     }
 
 
@@ -93,15 +112,22 @@ class PoolWatch:
         self._last[state.pool] = state
         if old is None:
             return []
-        before = {a.name: a.available for a in old.addresses}
+        before = {a.name: a for a in old.addresses}
         alerts = [
-            address_alert(old, state, a)
+            address_alert(old, state, a, before[a.name])
             for a in state.addresses
-            if a.name in before and before[a.name] != a.available
+            if a.name in before and _moved(before[a.name], a)
         ]
         if old.available != state.available:
             alerts.append(pool_alert(old, state))
         return alerts
+
+
+def _moved(was: AddressState, now: AddressState) -> bool:
+    """Whether an address changed in a way worth an alert: available, mode in force, or real health in a manual mode."""
+    if was.available != now.available or was.mode != now.mode:
+        return True
+    return now.mode != "auto" and now.healthy is not None and was.healthy is not None and was.healthy != now.healthy
 
 
 def wanted(target: AlertTarget, alert: Alert) -> bool:
