@@ -62,6 +62,7 @@ class ApiSettings(_Settings, frozen=True):
     # named bearer tokens, "name:secret" each (GTM_API_TOKENS=alice:s3cret,ci:other); any one of them,
     # or ``token``, is accepted, and the operation log records the name of the one used
     tokens: tuple[str, ...] = ()
+    console_url: str = ""  # the console's public base URL, linked from alerts (GTM_CONSOLE_URL; "" = no links)
 
     def credentials(self) -> tuple[tuple[str, str], ...]:
         """(name, secret) of every accepted token; raise :class:`SettingsError` naming the variable."""
@@ -166,6 +167,7 @@ ENV_NAMES: dict[str, str | None] = {
     "nats.url": "NATS_URL",
     "nats.name": None,
     "nats.health_log_days": "GTM_HEALTH_LOG_DAYS",
+    "api.console_url": "GTM_CONSOLE_URL",
     "edge.listen": "GTM_DNS_LISTEN",
 }
 

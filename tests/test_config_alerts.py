@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -18,7 +19,7 @@ from services.config.notifier import AlertPolicy, Notifier, TargetWorker
 from shared import subjects
 from shared.messages import AddressState, PoolState, SwitchEvent, encoder
 from shared.resources import AlertTarget
-from shared.settings import NatsSettings, Settings
+from shared.settings import NatsSettings, Settings, load
 from tests.support import until
 from tests.test_alert_channels import Mailbox, mailbox  # noqa: F401 - a fixture
 from tests.test_config_api import Client, call
@@ -217,8 +218,9 @@ async def test_an_email_target_is_put_over_the_api_and_mails_each_switch_with_a_
     nats_url: str, nc: NatsClient, mailbox: tuple[Mailbox, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     box, smtp = mailbox
-    monkeypatch.setenv("GTM_CONSOLE_URL", "http://127.0.0.1:8080/")  # read once, when the notifier is made
-    app = create_app(Settings(nats=NatsSettings(url=nats_url)), alert_policy=POLICY)
+    monkeypatch.setenv("GTM_CONSOLE_URL", "http://127.0.0.1:8080/")  # as the service reads it, at start
+    settings = load("config")
+    app = create_app(msgspec.structs.replace(settings, nats=NatsSettings(url=nats_url)), alert_policy=POLICY)
     hook = await Receiver().start()
     try:
         async with TestClient(TestServer(app)) as api:

@@ -335,7 +335,7 @@ def create_app(
     quiet_parser_errors()
     app[SETTINGS] = settings
     app[BACKEND] = backend or Backend(settings)
-    app[NOTIFIER] = Notifier(alert_policy)
+    app[NOTIFIER] = Notifier(alert_policy, console_url=settings.api.console_url)
     app.cleanup_ctx.append(_nats_ctx)
     app.cleanup_ctx.append(_alerts_ctx)  # cleaned up first: before NATS is drained
     setup_console(app, app[BACKEND])  # the console at / and its live stream

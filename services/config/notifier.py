@@ -18,7 +18,6 @@ import contextlib
 import email.message
 import email.utils
 import functools
-import os
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -37,11 +36,12 @@ from services.config.backend import Backend
 from shared import bus, subjects
 from shared.messages import SwitchEvent, event_decoder, pool_state_decoder
 from shared.resources import AlertTarget
+from shared.settings import load
 
 log = structlog.get_logger(__name__)
 
 target_decoder = msgspec.json.Decoder(AlertTarget)
-CONSOLE_URL_ENV = "GTM_CONSOLE_URL"
+CONSOLE_URL_ENV = "GTM_CONSOLE_URL"  # shared.settings: api.console_url
 
 
 def send_email(target: AlertTarget, title: str, body: str, timeout_s: float) -> str:
@@ -196,7 +196,7 @@ class Notifier:
 
     def __init__(self, policy: AlertPolicy | None = None, *, console_url: str | None = None) -> None:
         self.policy = policy or AlertPolicy()
-        base = os.environ.get(CONSOLE_URL_ENV, "") if console_url is None else console_url
+        base = load("config").api.console_url if console_url is None else console_url
         self.console_url = base.strip().rstrip("/")  # "" = no console links
         self.pools = PoolWatch()
         self.workers: dict[str, TargetWorker] = {}
