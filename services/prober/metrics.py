@@ -7,6 +7,9 @@ from prometheus_client import Counter, Histogram
 from services.prober.errors import error_label
 
 CHECKS = Counter("gtm_prober_checks_total", "Health checks run", ["region", "protocol", "result"])
+RECHECKS = Counter(
+    "gtm_prober_rechecks_total", "Checks run at once because a watched connection to the target ended", ["region"]
+)
 FAILURES = Counter("gtm_prober_failures_total", "Failed health checks by error", ["region", "protocol", "error"])
 RTT = Histogram(
     "gtm_prober_rtt_seconds",

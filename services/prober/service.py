@@ -34,6 +34,7 @@ from services.prober.core import (
     transition_event,
 )
 from services.prober.heartbeat import Membership
+from services.prober.watch import ConnectionWatch, RecheckBudget, watchable
 from shared import bus, messages, ops, subjects
 from shared.resources import Pool, pool_decoder
 from shared.settings import Settings
@@ -178,19 +179,47 @@ class Prober:
             since = now
 
     async def _run(self, target: Target, delay: float) -> None:
-        """Check ``target`` at its first slot, then every interval from the schedule."""
+        """Check ``target`` at its first slot, then every interval from the schedule, and at once
+        when its watched connection ends (within the re-check budget)."""
         loop = asyncio.get_running_loop()
         interval = target.check.interval_s
         probe = self._checker.probe(target)
         subject = subjects.probe_result(self._region, target.key)
         due = loop.time() + delay
-        while True:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            async with self._sem:
-                self._lags.append(loop.time() - due)
-                outcome = await probe()
-            await self._publish(target, subject, outcome)
-            due = next_due(due, interval, loop.time())
+        wake = asyncio.Event()  # set by the schedule's timer, or by the watch (``poked``)
+        poked: list[bool] = [False]
+        budget = RecheckBudget(interval)
+        watcher = None
+        if watchable(target.check) and target.check.effective_port is not None:
+
+            def poke() -> None:
+                poked[0] = True
+                wake.set()
+
+            watch = ConnectionWatch(target.target, target.check.effective_port, target.check, poke)
+            watcher = asyncio.ensure_future(watch.run())
+        try:
+            while True:
+                timer = loop.call_at(due, wake.set)
+                await wake.wait()
+                wake.clear()
+                timer.cancel()
+                recheck = poked[0] and loop.time() < due
+                poked[0] = False
+                if recheck and not budget.allow(loop.time()):
+                    continue
+                async with self._sem:
+                    if not recheck:
+                        self._lags.append(loop.time() - due)
+                    outcome = await probe()
+                await self._publish(target, subject, outcome)
+                if recheck:
+                    metrics.RECHECKS.labels(self._region).inc()
+                else:
+                    due = next_due(due, interval, loop.time())
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     async def _publish(self, target: Target, subject: str, outcome: Outcome) -> None:
         result = messages.ProbeResult(
