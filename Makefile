@@ -56,8 +56,9 @@ lint: $(STAMP)
 
 # Benchmarks print figures (never asserted): the edge beside gdnsd, publish->serve latency, snapshots.
 bench: $(STAMP)
-	@command -v dnsperf >/dev/null && { command -v gdnsd >/dev/null || test -x /usr/sbin/gdnsd; } || \
-	  $(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf gdnsd'
+	@command -v dnsperf >/dev/null && { command -v gdnsd >/dev/null || test -x /usr/sbin/gdnsd; } && \
+	  { command -v pdns_server >/dev/null || test -x /usr/sbin/pdns_server; } || \
+	  $(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf gdnsd pdns-server pdns-backend-bind'
 	$(PY) -m tests.bench.run $(BENCH)
 
 clean:

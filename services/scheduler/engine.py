@@ -383,7 +383,7 @@ class Engine:
             enabled=a.enabled,
             vantages=vantage_states(tracked.vantages),
             reason="" if status.available or not a.enabled else status.reason,
-            waiting=waiting_on(a, tracked.vantages),
+            waiting=waiting_on(a, tracked.vantages) if status.mode == "auto" else "",  # a window's mode decides
             warming=not settled,
             region=a.region,
             healthy=status.healthy if a.enabled else None,

@@ -25,8 +25,17 @@ NAME = "bench.example.com"
 ROUNDS = 10
 
 
+# http.server answering HTTP/1.1 with keep-alive (its default is HTTP/1.0, one request per connection)
+KEEPALIVE_SERVER = (
+    "import http.server, sys\n"
+    "http.server.SimpleHTTPRequestHandler.protocol_version = 'HTTP/1.1'\n"
+    "http.server.ThreadingHTTPServer((sys.argv[2], int(sys.argv[1])), http.server.SimpleHTTPRequestHandler)"
+    ".serve_forever()\n"
+)
+
+
 class ProcessBackend:
-    """A web server in its own process, killed with SIGKILL: a backend that really dies."""
+    """A web server (HTTP/1.1, keep-alive) in its own process, killed with SIGKILL: a backend that really dies."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
@@ -34,7 +43,7 @@ class ProcessBackend:
 
     def start(self) -> ProcessBackend:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "--bind", self.host],
+            [sys.executable, "-c", KEEPALIVE_SERVER, str(self.port), self.host],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -150,12 +159,14 @@ def _pdns(port: int, primary: ProcessBackend) -> tuple[list[float], list[float]]
 
 def bench_failover() -> None:
     """Print failover and fail-back p50/max for GTM, gdnsd and PowerDNS on this machine."""
-    print(f"\n== failover / fail-back: backend killed -> every server answers the backup ({ROUNDS} rounds)")
+    print(f"\n== failover / fail-back: backend killed (kill -9, HTTP/1.1 keep-alive) -> every server answers the "
+          f"backup ({ROUNDS} rounds)")
     contenders: list[tuple[str, Callable[[int, ProcessBackend], tuple[list[float], list[float]]], bool]] = [
         ("gtm (interval 1 s, failures 1, 2 edges)", _gtm, True),
         ("gdnsd 3.8 (interval 2 s, down_thresh 2)", _gdnsd, gdnsd.available()),
         ("powerdns 4 LUA ifurlup (1 s, minFailures 1)", _pdns, bool(shutil.which("pdns_server"))),
     ]
+    medians: dict[str, float] = {}
     for label, run, ok in contenders:
         if not ok:
             print(f"  {label:<44} not installed")
@@ -168,11 +179,16 @@ def bench_failover() -> None:
         finally:
             primary.stop()
             backup.stop()
+        medians[label] = statistics.median(down)
         print(
-            f"  {label:<44} failover p50 {statistics.median(down):.2f} s (max {max(down):.2f}), "
+            f"  {label:<44} failover p50 {statistics.median(down) * 1000:.0f} ms (max {max(down) * 1000:.0f}), "
             f"fail-back p50 {statistics.median(up):.2f} s (max {max(up):.2f})",
             flush=True,
         )
+    ours = medians.get(contenders[0][0])
+    for label, median in medians.items():
+        if ours and label != contenders[0][0]:
+            print(f"  {'ratio ' + label.split(' (')[0] + ' / gtm failover p50':<44} {median / ours:.1f}x slower")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,13 @@ function clock(iso) {
   return iso ? iso.slice(11, 23) : ""; // the time of day (UTC) of an ISO 8601 string
 }
 
+function localTime(iso) {
+  // An RFC 3339 time in the browser's time zone (the page's other times are UTC and say so).
+  if (!iso) return "";
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString();
+}
+
 // ---- API token: ?token= in the page URL or the login form; kept in sessionStorage ---------------
 
 function token() {
@@ -175,8 +182,10 @@ function addressHealth(a) {
   if (a.available === false) return ["red", "unavailable" + (a.waiting ? " (" + a.waiting + ")" : "")];
   if (a.available === null || a.available === undefined) return ["orange", "no state yet"];
   if (a.warming) return ["orange", "warming up: waiting for its first checks"];
+  const forced = (a.mode_in_force || a.mode) !== "auto"; // a manual mode or a maintenance window decides
+  if (forced) return ["green", "available: " + (a.mode_in_force || a.mode)];
   if (a.waiting) return ["orange", "available, waiting on a threshold: " + a.waiting];
-  if (a.mode === "auto" && a.checks.some((c) => !c.ok)) return ["orange", "degraded: some checks fail"];
+  if (a.checks.some((c) => !c.ok)) return ["orange", "degraded: some checks fail"];
   return ["green", "available"];
 }
 
@@ -338,7 +347,9 @@ async function showDomain(fqdn) {
       throw err;
     }
     const changes = await changeLog(domain); // the domain's and its pools' operations
-    if (gen === generation) keepFocus(() => drawDomain(domain, status, events.events, changes, refresh));
+    if (gen !== generation) return;
+    keepFocus(() => drawDomain(domain, status, events.events, changes, refresh));
+    if (historyOf) await loadHistory(); // an open history follows the page
   });
   follow(fqdn, refresh);
   // Checks are pushed only when their outcome changes: a periodic re-read keeps their times fresh.
@@ -564,7 +575,7 @@ function drawPool(ref, pool, actions) {
       moveButton("up", "↑", actions.up), moveButton("down", "↓", actions.down)),
     h("table", { class: "grid addresses" },
       headRow(["", "Address", "Value", "Mode", "Latest checks"]),
-      h("tbody", {}, pool.addresses.map((a) => drawAddress(a, actions.setMode)))));
+      h("tbody", {}, pool.addresses.map((a) => drawAddress(a, actions.setMode, (address) => guarded(() => showHistory(ref.pool, address)))))));
 }
 
 function moveButton(direction, label, onclick) {
@@ -572,21 +583,119 @@ function moveButton(direction, label, onclick) {
   return h("button", attrs, label);
 }
 
-function drawAddress(a, setMode) {
+function drawAddress(a, setMode, showHistory) {
   const health = addressHealth(a);
   return h("tr", { "data-address": a.name },
     h("td", {}, dot(health)),
     h("td", {}, a.name, onlyDefault(a.lines) ? null : h("div", {}, lineChips(a.lines, { class: "lines address-lines" })),
-      h("div", { class: "muted small health-text" }, health[1])),
+      h("div", { class: "muted small health-text" }, health[1]),
+      h("div", { class: "mode-badges" }, modeBadges(a)),
+      realHealth(a)),
     h("td", { class: "mono" }, a.address),
     h("td", {}, h("select", { class: "mode", "aria-label": "Mode of " + a.name, onchange: (e) => setMode(a.name, e.target.value) },
-      MODES.map((m) => h("option", { value: m, selected: m === a.mode }, m)))),
-    h("td", {}, a.checks.length === 0 ? h("span", { class: "muted" }, "no checks") : h("table", { class: "checks" },
-      h("tbody", {}, a.checks.map((c) => h("tr", { class: c.ok ? "ok" : "fail" },
+      MODES.map((m) => h("option", { value: m, selected: m === a.mode }, m))),
+    h("div", {}, h("button", { type: "button", class: "history", "data-action": "history",
+      "aria-label": "Health history of " + a.name, onclick: () => showHistory(a.name) }, "History"))),
+    h("td", { class: "latest-checks" }, drawChecks(a)));
+}
+
+// The configured mode when not auto, and a maintenance window's mode while one is in force.
+function modeBadges(a) {
+  const inForce = a.mode_in_force;
+  return [
+    a.mode !== "auto" ? h("span", { class: "badge warn mode-badge", "data-mode": a.mode, title: "configured mode" }, a.mode) : null,
+    inForce && inForce !== a.mode ? h("span", { class: "badge maint maintenance-badge", "data-mode": inForce,
+      title: "a maintenance window: " + inForce + (a.maintenance_until ? " until " + when(a.maintenance_until) : "") },
+    "maintenance" + (a.maintenance_until ? " until " + localTime(a.maintenance_until) : "") + ": " + inForce) : null,
+  ];
+}
+
+// The real health from the checks, whatever the mode says (null until the scheduler publishes).
+function realHealth(a) {
+  if (a.healthy === null || a.healthy === undefined) return null;
+  return h("div", { class: "small real-health " + (a.healthy ? "ok" : "fail"), "data-healthy": String(a.healthy) },
+    "checks: " + (a.healthy ? "healthy" : "unhealthy") + (a.health_reason ? " — " + a.health_reason : ""));
+}
+
+// Each check's latest result per region, grouped by check (with the judgement when there are several).
+function drawChecks(a) {
+  if (a.checks.length === 0) return h("span", { class: "muted" }, "no checks");
+  const groups = new Map();
+  for (const c of a.checks) {
+    const k = c.check === null || c.check === undefined ? 0 : c.check;
+    if (!groups.has(k)) groups.set(k, []);
+    groups.get(k).push(c);
+  }
+  const several = groups.size > 1;
+  return [
+    several ? h("div", { class: "small judgement", "data-judgement": a.judgement }, "judgement: ", h("b", {}, a.judgement),
+      " of " + groups.size + " checks") : null,
+    h("table", { class: "checks" }, [...groups.keys()].sort((x, y) => x - y).map((k) => h("tbody", { "data-check": k },
+      several ? h("tr", { class: "check-head" }, h("th", { colspan: 6 }, "check #" + (k + 1) + " · " + (groups.get(k)[0].protocol || ""))) : null,
+      groups.get(k).map((c) => h("tr", { class: c.ok ? "ok" : "fail", "data-region": c.region },
         h("td", {}, c.region), h("td", {}, c.ok ? "ok" : "fail"),
-        h("td", { class: "mono" }, c.rtt_ms === null ? "" : c.rtt_ms.toFixed(1) + " ms"),
+        h("td", { class: "mono" }, c.rtt_ms === null || c.rtt_ms === undefined ? "" : c.rtt_ms.toFixed(1) + " ms"),
+        h("td", { class: "mono" }, c.loss_pct === null || c.loss_pct === undefined ? "" : "loss " + c.loss_pct + "%"),
         h("td", {}, c.error),
-        h("td", { class: "muted small", title: when(c.at) + " by " + c.prober }, clock(c.at))))))));
+        h("td", { class: "muted small", title: when(c.at) + " by " + c.prober }, clock(c.at)))))))];
+}
+
+// ---- an address's health log, in a dialog kept fresh with the page ---------------------------------
+
+let historyOf = null; // { pool, address } the history dialog shows, while it is open
+
+function closeHistory() {
+  historyOf = null;
+  if ($("history").open) $("history").close();
+}
+
+async function showHistory(pool, address) {
+  const dialog = $("history");
+  historyOf = { pool, address };
+  dialog.onclose = () => { historyOf = null; };
+  dialog.replaceChildren(
+    h("h2", { id: "history-title" }, "Health history of " + address, h("span", { class: "muted small" }, " in pool " + pool)),
+    h("div", { id: "history-body" }, h("p", { class: "muted" }, "Loading…")),
+    h("div", { class: "actions" },
+      h("button", { type: "button", id: "history-refresh", onclick: () => guarded(loadHistory) }, "Refresh"),
+      h("button", { type: "button", id: "history-close", class: "primary", onclick: closeHistory }, "Close")));
+  if (!dialog.open) dialog.showModal();
+  $("history-close").focus();
+  await loadHistory();
+}
+
+async function loadHistory() {
+  if (!historyOf) return;
+  const { pool, address } = historyOf;
+  const { logs } = await api("GET", "/health-logs?pool=" + enc(pool) + "&address=" + enc(address) + "&limit=50");
+  if (!historyOf || historyOf.pool !== pool || historyOf.address !== address) return;
+  $("history-body").replaceChildren(drawHealthLog(logs));
+}
+
+function rttLoss(e) {
+  return [e.rtt_ms === null || e.rtt_ms === undefined ? "" : e.rtt_ms.toFixed(1) + " ms",
+    e.loss_pct === null || e.loss_pct === undefined ? "" : "loss " + e.loss_pct + "%"].filter(Boolean).join(" · ");
+}
+
+function describeLogEntry(e) {
+  const what = e.kind === "address_changed" ? "" : "check #" + ((e.check || 0) + 1) + (e.protocol ? " " + e.protocol : "") + ": ";
+  const text = e.message || e.error || (e.state ? "went " + e.state : "");
+  return what + text + (e.message && e.error && !e.message.includes(e.error) ? " (" + e.error + ")" : "");
+}
+
+function drawHealthLog(logs) {
+  if (logs.length === 0) {
+    return h("p", { id: "health-log", class: "muted" }, "No entry yet: failed checks and region and address changes are logged here.");
+  }
+  const bad = (e) => e.ok === false || e.available === false || e.healthy === false || e.state === "down";
+  return h("div", { class: "scroll" }, h("table", { id: "health-log", class: "grid" },
+    headRow(["At", "Kind", "Region / prober", "What", "RTT / loss"]),
+    h("tbody", {}, logs.map((e) => h("tr", { "data-kind": e.kind, class: bad(e) ? "fail" : "" },
+      h("td", { class: "small nowrap", title: when(e.at) }, localTime(e.at)),
+      h("td", { class: "nowrap" }, e.kind.replace(/_/g, " ")),
+      h("td", { class: "small" }, [e.region, e.prober].filter(Boolean).join(" / ") || "—"),
+      h("td", {}, describeLogEntry(e)),
+      h("td", { class: "mono small nowrap" }, rttLoss(e)))))));
 }
 
 function drawSwitches(events, withDomain) {
@@ -649,8 +758,10 @@ const DOMAIN_STRATEGIES = ["sequence", "round_robin", "weight", "source_nearest"
 const RECORD_TYPES = ["A", "AAAA", "CNAME"];
 const PROTOCOLS = ["http", "https", "tcp", "ping"];
 const FAILURE_RATES = [20, 50, 80, 100];
+const LOSS_RATES = [10, 30, 50, 80, 90, 100];
+const WINDOW_MODES = ["manual_unavailable", "manual_available"];
 const CHECK_DEFAULTS = { protocol: "http", port: "", path: "/", host: "", expected_codes: [200], interval_s: 15,
-  timeout_s: 2, failures: 2, successes: 1, failure_rate: 50 };
+  timeout_s: 2, failures: 2, successes: 1, failure_rate: 50, packets: 1, loss_rate: 100 };
 let fieldIds = 0;
 
 function field(label, path, input, hint) {
@@ -798,8 +909,15 @@ async function showPoolForm(name) {
 }
 
 function checkFields(c, hc) {
+  // packets and loss_rate are for ping checks only: shown when the protocol is ping.
+  const ping = [
+    field("Packets", c + "packets", numberInput(hc.packets === undefined ? 1 : hc.packets, 1, 100), "ping: echo requests per check"),
+    field("Loss rate (%)", c + "loss_rate", choice(LOSS_RATES, hc.loss_rate === undefined ? 100 : hc.loss_rate),
+      "ping: the loss at which it fails")];
+  const showPing = (protocol) => ping.forEach((f) => { f.hidden = protocol !== "ping"; });
+  showPing(hc.protocol);
   return [
-    field("Protocol", c + "protocol", choice(PROTOCOLS, hc.protocol)),
+    field("Protocol", c + "protocol", choice(PROTOCOLS, hc.protocol, { onchange: (e) => showPing(e.target.value) })),
     field("Port", c + "port", numberInput(hc.port, 1, 65535), "default for the protocol"),
     field("Path", c + "path", textInput(hc.path)),
     field("Host", c + "host", textInput(hc.host), "Host header and SNI"),
@@ -808,15 +926,91 @@ function checkFields(c, hc) {
     field("Timeout (s)", c + "timeout_s", numberInput(hc.timeout_s, 0, 3600, { step: "any" })),
     field("Failures", c + "failures", numberInput(hc.failures, 1, 10), "to go down"),
     field("Successes", c + "successes", numberInput(hc.successes, 1, 10), "to come back"),
-    field("Failure rate (%)", c + "failure_rate", choice(FAILURE_RATES, hc.failure_rate), "of regions")];
+    field("Failure rate (%)", c + "failure_rate", choice(FAILURE_RATES, hc.failure_rate), "of regions"),
+    ...ping];
+}
+
+// An address's checks: the health_checks list, or the one-check shorthand health_check.
+function checksOf(a) {
+  if (a.health_checks && a.health_checks.length) return a.health_checks;
+  return a.health_check ? [a.health_check] : [];
+}
+
+// The API's path of check j of n: one check is the shorthand "health_check", several "health_checks[j]".
+function checkPath(p, j, n) {
+  return n === 1 ? p + ".health_check" : p + ".health_checks[" + j + "]";
+}
+
+// datetime-local values are local times: an RFC 3339 UTC time ("…Z") to send, and back for the input.
+function utcTime(local) {
+  const d = new Date(local);
+  return isNaN(d) ? "" : d.toISOString().replace(/\.000Z$/, "Z");
+}
+
+function localInputTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  if (isNaN(d)) return "";
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+}
+
+// Give the check and maintenance inputs of an address row the API's field paths (after an add or a removal).
+function renumberAddress(row) {
+  const p = "addresses[" + row.dataset.row + "]";
+  const setPath = (e, path) => { e.dataset.field = path; e.closest(".field").dataset.for = path; };
+  const boxes = [...row.querySelectorAll(".check-row")];
+  boxes.forEach((box, j) => {
+    const c = checkPath(p, j, boxes.length);
+    for (const e of box.querySelectorAll("[data-field]")) setPath(e, c + "." + e.dataset.field.split(".").pop());
+    box.querySelector("legend").textContent = "Check " + (j + 1) + (boxes.length === 1 ? "" : " of " + boxes.length);
+    box.querySelector(".remove-check").setAttribute("aria-label", "Remove check " + (j + 1));
+  });
+  row.querySelector(".judgement-field").hidden = boxes.length < 2;
+  [...row.querySelectorAll(".maintenance-row")].forEach((w, j) => {
+    for (const e of w.querySelectorAll("[data-field]")) setPath(e, p + ".maintenance[" + j + "]." + e.dataset.field.split(".").pop());
+    w.querySelector(".remove-window").setAttribute("aria-label", "Remove maintenance window " + (j + 1));
+  });
 }
 
 function addressRow(i, a, templates) {
-  const hc = a.health_check || { ...CHECK_DEFAULTS };
-  const p = "addresses[" + i + "]", c = p + ".health_check";
-  const checkBox = h("div", { class: "check-fields", hidden: !a.health_check },
-    field("Template", c + ".template", choice(["", ...templates.map((t) => t.name)], hc.template || ""), "optional"),
-    checkFields(c + ".", hc));
+  const p = "addresses[" + i + "]";
+  const checks = checksOf(a);
+  const checkRows = h("div", { class: "check-rows" });
+  const windowRows = h("div", { class: "maintenance-rows" });
+  const hasCheck = checkbox(checks.length > 0, { onchange: (e) => {
+    checkBox.hidden = !e.target.checked;
+    if (e.target.checked && checkRows.children.length === 0) addCheck();
+  } });
+  const addCheck = (hc, before) => {
+    const box = h("fieldset", { class: "check-fields check-row" }, h("legend", {}, "Check"),
+      field("Template", "check.template", choice(["", ...templates.map((t) => t.name)], (hc && hc.template) || ""), "optional"),
+      checkFields("check.", hc || { ...CHECK_DEFAULTS }),
+      h("button", { type: "button", class: "remove-check", onclick: () => {
+        box.remove();
+        if (checkRows.children.length === 0) { hasCheck.checked = false; checkBox.hidden = true; }
+        renumberAddress(row);
+      } }, "Remove check"));
+    box.original = before || null; // the check as saved: its template overrides are kept
+    checkRows.append(box);
+    renumberAddress(row);
+  };
+  const addWindow = (w) => {
+    const from = localInputTime(w && w.from), until = localInputTime(w && w.until);
+    const wrow = h("div", { class: "pool-row maintenance-row" },
+      field("Maintenance from", "window.from", h("input", { type: "datetime-local", value: from }), "local time"),
+      field("Until", "window.until", h("input", { type: "datetime-local", value: until }), "local time"),
+      field("Mode during it", "window.mode", choice(WINDOW_MODES, w ? w.mode : "manual_unavailable")),
+      h("button", { type: "button", class: "remove-window", onclick: () => { wrow.remove(); renumberAddress(row); } }, "Remove window"));
+    wrow.original = w ? { ...w, shown: { from, until } } : null; // an unchanged time is sent as saved (seconds kept)
+    windowRows.append(wrow);
+    renumberAddress(row);
+  };
+  const checkBox = h("div", { class: "checks-box", hidden: checks.length === 0 },
+    field("Judgement", p + ".judgement", choice(HEALTH_CONDITIONS, a.judgement || "all_ok"), "share of the checks that must pass"),
+    checkRows,
+    h("button", { type: "button", class: "add-check", "aria-label": "Add a check to " + (a.name || "address " + (i + 1)),
+      onclick: () => addCheck() }, "+ Add check"));
+  checkBox.querySelector(".field").classList.add("judgement-field");
   const row = h("div", { class: "address-row", "data-row": i },
     h("div", { class: "row-fields" },
       field("Address name", p + ".name", textInput(a.name, { placeholder: "Server-01" })),
@@ -826,12 +1020,19 @@ function addressRow(i, a, templates) {
       field("Mode", p + ".mode", choice(MODES, a.mode)),
       field("Enabled", p + ".enabled", checkbox(a.enabled)),
       field("Lines", p + ".lines", linesInput(a.lines), "comma-separated; empty: default"),
-      field("Health check", p + ".has_check", checkbox(!!a.health_check, {
-        onchange: (e) => { checkBox.hidden = !e.target.checked; } })),
+      field("Health check", p + ".has_check", hasCheck),
       h("button", { type: "button", class: "remove-address", "aria-label": "Remove address " + (a.name || i + 1),
         onclick: () => row.remove() }, "Remove")),
-    checkBox);
+    checkBox,
+    h("div", { class: "maintenance" },
+      h("span", { class: "hint" }, "Maintenance windows: the address behaves as their mode says, then goes back to its own."),
+      windowRows,
+      h("button", { type: "button", class: "add-window", "aria-label": "Add a maintenance window to " + (a.name || "address " + (i + 1)),
+        onclick: () => addWindow() }, "+ Add maintenance window")));
   row.original = a; // fields the form does not show (region, remarks, ...) are kept
+  checks.forEach((hc) => addCheck(hc, hc));
+  (a.maintenance || []).forEach(addWindow);
+  renumberAddress(row);
   return row;
 }
 
@@ -843,6 +1044,10 @@ function readCheckFields(form, c) {
     failures: val(form, c + "failures"), successes: val(form, c + "successes"),
     failure_rate: Number(val(form, c + "failure_rate")),
   };
+  if (values.protocol === "ping") { // other protocols keep the defaults (the API refuses anything else)
+    values.packets = val(form, c + "packets");
+    values.loss_rate = Number(val(form, c + "loss_rate"));
+  }
   for (const k of Object.keys(values)) if (values[k] === undefined) delete values[k];
   return values;
 }
@@ -864,14 +1069,6 @@ function readPool(form, isNew, pool) {
   const body = { ...pool };
   delete body.revision; delete body.name;
   for (const k of ["type", "enabled", "health_condition", "lb_strategy", "sequence_mode", "remarks"]) body[k] = val(form, k);
-  body.addresses = [...form.querySelectorAll(".address-row")].map((row) => {
-    const p = "addresses[" + row.dataset.row + "]";
-    const a = { ...row.original };
-    for (const k of ["name", "address", "weight", "sequence", "mode", "enabled"]) a[k] = val(form, p + "." + k);
-    a.lines = parseLines(val(form, p + ".lines"));
-    a.health_check = val(form, p + ".has_check") ? readCheck(form, p + ".health_check", row.original.health_check) : null;
-    return a;
-  });
   // The API's field paths count the rows sent: renumber after removals so errors land on the right row.
   [...form.querySelectorAll(".address-row")].forEach((row, n) => {
     for (const e of row.querySelectorAll("[data-field]")) {
@@ -879,6 +1076,31 @@ function readPool(form, isNew, pool) {
       e.closest(".field").dataset.for = e.dataset.field;
     }
     row.dataset.row = n;
+    renumberAddress(row);
+  });
+  body.addresses = [...form.querySelectorAll(".address-row")].map((row) => {
+    const p = "addresses[" + row.dataset.row + "]";
+    const a = { ...row.original };
+    for (const k of ["name", "address", "weight", "sequence", "mode", "enabled"]) a[k] = val(form, p + "." + k);
+    a.lines = parseLines(val(form, p + ".lines"));
+    const boxes = val(form, p + ".has_check") ? [...row.querySelectorAll(".check-row")] : [];
+    const checks = boxes.map((box, j) => readCheck(form, checkPath(p, j, boxes.length), box.original));
+    // Several checks: health_checks (and no health_check); one: the health_check shorthand, as before.
+    delete a.health_check; delete a.health_checks;
+    if (checks.length > 1) a.health_checks = checks;
+    else a.health_check = checks[0] || null;
+    a.judgement = val(form, p + ".judgement");
+    a.maintenance = [...row.querySelectorAll(".maintenance-row")].map((w, j) => {
+      const m = p + ".maintenance[" + j + "]";
+      const time = (k) => {
+        const shown = val(form, m + "." + k);
+        if (!shown) throw new ApiError(400, { message: "a date and time is needed", field: m + "." + k });
+        if (w.original && w.original.shown[k] === shown) return w.original[k];
+        return utcTime(shown);
+      };
+      return { from: time("from"), until: time("until"), mode: val(form, m + ".mode") };
+    });
+    return a;
   });
   return body;
 }
@@ -1133,7 +1355,7 @@ async function showTemplateForm(name) {
   }
   const { pools } = await api("GET", "/pools");
   if (gen !== generation) return;
-  const users = pools.filter((p) => p.addresses.some((a) => a.health_check && a.health_check.template === name)).map((p) => p.name);
+  const users = pools.filter((p) => p.addresses.some((a) => checksOf(a).some((c) => c.template === name))).map((p) => p.name);
   const form = h("form", { id: "template-form", class: "form", novalidate: true },
     h("fieldset", {}, h("legend", {}, "Health template"),
       field("Name", "name", textInput(isNew ? "" : name, { disabled: !isNew })),
@@ -1218,6 +1440,7 @@ function route(retry) {
   if (retry === true && $("api-down").hidden) return;
   generation += 1;
   if (retry !== true) flash("");
+  if (retry !== true) closeHistory();
   const hash = location.hash;
   const streamed = hash === "" || hash === "#/" || (/^#\/domains\/[^/]+$/.test(hash) && hash !== "#/domains/new");
   if (live && !streamed) { live.close(); live = null; }
