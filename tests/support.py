@@ -393,6 +393,51 @@ def services(*svcs: Service) -> Iterator[tuple[Service, ...]]:
             s.stop()
 
 
+class ServiceStack:
+    """config, scheduler, prober and ``edges`` edges as real processes against the test's NATS."""
+
+    def __init__(self, nats_url: str, log_dir: Path, *, edges: int = 1, env: dict[str, str] | None = None) -> None:
+        self.api_port = free_port()
+        self.dns_ports = [free_port() for _ in range(edges)]
+        base = {"NATS_URL": nats_url, "GTM_API_LISTEN": f"127.0.0.1:{self.api_port}", **(env or {})}
+        self.procs = [
+            Service("config", base, log_dir),
+            Service("scheduler", base, log_dir),
+            Service("prober", base, log_dir),
+            *(Service("edge", {**base, "GTM_DNS_LISTEN": f"127.0.0.1:{p}"}, log_dir) for p in self.dns_ports),
+        ]
+        self.api = Api(f"http://127.0.0.1:{self.api_port}/api/v1")
+
+    @property
+    def dns_port(self) -> int:
+        """The first edge's port."""
+        return self.dns_ports[0]
+
+    def start(self) -> ServiceStack:
+        for proc in self.procs:
+            proc.start()
+        for proc in self.procs:
+            proc.wait_for_event("service_ready", timeout=30)
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def put(self, path: str, body: dict[str, Any]) -> None:
+        """PUT and insist on 200 or 201."""
+        status, reply = self.api.put(path, body)
+        assert status in (200, 201), reply
+
+    def answers(self, name: str, qtype: str = "A", *, port: int | None = None) -> list[str]:
+        """The records one edge (default: the first) answers for ``name``."""
+        return answer_addresses(dns_query(self.dns_port if port is None else port, name, qtype))
+
+    def everywhere(self, name: str, qtype: str = "A") -> list[list[str]]:
+        """The records every edge answers for ``name``."""
+        return [self.answers(name, qtype, port=p) for p in self.dns_ports]
+
+
 class Stack:
     """A private NATS plus config, scheduler, prober and two edges, restartable as a whole."""
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import HttpBackend, wait_until
-from tests.test_lines_e2e import Stack as LinesStack
+from tests.support import HttpBackend, ServiceStack, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -21,16 +20,15 @@ NAME = "svc.example.com"
 PRIMARY, BACKUP = "127.0.0.2", "127.0.0.3"
 
 
-class Stack(LinesStack):
+class Stack(ServiceStack):
     def records(self) -> list[list[str]]:
-        from tests.support import answer_addresses, dns_query
-
-        return [answer_addresses(dns_query(port, NAME)) for port in self.dns_ports]
+        """What every edge answers for the test's name."""
+        return self.everywhere(NAME)
 
 
 @pytest.fixture
 def stack(nats_url: str, log_dir: Path) -> Iterator[Stack]:
-    s = Stack(nats_url, log_dir).start()
+    s = Stack(nats_url, log_dir, edges=2).start()
     try:
         yield s
     finally:

@@ -14,7 +14,7 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.support import Api, HttpBackend, Service, answer_addresses, free_port, wait_until
+from tests.support import HttpBackend, ServiceStack, answer_addresses, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -24,35 +24,11 @@ NAME = "app.example.com"
 SUBNETS = {"cn": ("1.2.4.0", 24), "eu": ("81.2.69.0", 24), "us": ("8.8.4.0", 24)}
 
 
-class Stack:
-    """config, scheduler, prober and two edges against the test's NATS."""
+class Stack(ServiceStack):
+    """config, scheduler, prober and two edges; queries carrying ECS subnets."""
 
     def __init__(self, nats_url: str, log_dir: Path) -> None:
-        self.api_port = free_port()
-        self.dns_ports = [free_port(), free_port()]
-        env = {"NATS_URL": nats_url, "GTM_API_LISTEN": f"127.0.0.1:{self.api_port}"}
-        self.procs = [
-            Service("config", env, log_dir),
-            Service("scheduler", env, log_dir),
-            Service("prober", env, log_dir),
-            *(Service("edge", {**env, "GTM_DNS_LISTEN": f"127.0.0.1:{p}"}, log_dir) for p in self.dns_ports),
-        ]
-        self.api = Api(f"http://127.0.0.1:{self.api_port}/api/v1")
-
-    def start(self) -> Stack:
-        for proc in self.procs:
-            proc.start()
-        for proc in self.procs:
-            proc.wait_for_event("service_ready", timeout=30)
-        return self
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-
-    def put(self, path: str, body: dict[str, Any]) -> None:
-        status, reply = self.api.put(path, body)
-        assert status in (200, 201), reply
+        super().__init__(nats_url, log_dir, edges=2)
 
     def ask(self, port: int, where: str, qtype: str = "A") -> tuple[list[str], int]:
         """(records, ECS scope) answered to a resolver sending the ECS subnet of ``where``."""
@@ -63,7 +39,7 @@ class Stack:
         assert isinstance(opt, dns.edns.ECSOption)
         return answer_addresses(reply), opt.scopelen
 
-    def everywhere(self, where: str) -> list[list[str]]:
+    def everywhere(self, where: str, qtype: str = "A") -> list[list[str]]:  # type: ignore[override]
         """The records every edge answers ``where``'s clients."""
         return [self.ask(port, where)[0] for port in self.dns_ports]
 

@@ -15,8 +15,7 @@ import pytest
 
 from services.prober.watch import ConnectionWatch, RecheckBudget, watchable
 from shared.resources import HealthCheck
-from tests.support import answer_addresses, dns_query, free_port, wait_until
-from tests.test_lines_e2e import Stack
+from tests.support import ServiceStack, free_port, wait_until
 
 HTTP = HealthCheck(protocol="http", port=80, interval_s=1, timeout_s=0.5)
 
@@ -100,7 +99,7 @@ def test_with_a_5_s_interval_a_kill_9_still_fails_over_in_well_under_a_second(
 ) -> None:
     primary = WebProcess(host="127.0.0.2").start()
     backup = WebProcess(host="127.0.0.3", port=primary.port).start()
-    stack = Stack(nats_url, log_dir).start()
+    stack = ServiceStack(nats_url, log_dir).start()
     try:
         check = {"protocol": "http", "port": primary.port, "interval_s": 5, "timeout_s": 1, "failures": 1}
         for name, ip in (("Primary", "127.0.0.2"), ("Backup", "127.0.0.3")):
@@ -111,7 +110,7 @@ def test_with_a_5_s_interval_a_kill_9_still_fails_over_in_well_under_a_second(
             "record_type": "A", "ttl": 5, "enabled": True,
             "pools": [{"pool": "Primary", "sequence": 1}, {"pool": "Backup", "sequence": 2}]})
         assert status == 201, body
-        answers = lambda: answer_addresses(dns_query(stack.dns_ports[0], "www.example.com"))  # noqa: E731
+        answers = lambda: stack.answers("www.example.com")  # noqa: E731
         wait_until(lambda: answers() == ["127.0.0.2"], timeout=20)
         time.sleep(1.5)  # the watch is connected and idle
         killed = time.perf_counter()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Api, HttpBackend, Service, answer_addresses, dns_query, free_port, wait_until
+from tests.support import HttpBackend, ServiceStack, dns_query, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -17,42 +17,9 @@ CHECK = {"protocol": "http", "path": "/", "interval_s": 1, "timeout_s": 0.5, "fa
 IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
 
-class Stack:
-    """config, scheduler, prober and one edge against the test's NATS."""
-
-    def __init__(self, nats_url: str, log_dir: Path) -> None:
-        api_port, self.dns_port = free_port(), free_port()
-        env = {"NATS_URL": nats_url, "GTM_API_LISTEN": f"127.0.0.1:{api_port}"}
-        self.procs = [
-            Service("config", env, log_dir),
-            Service("scheduler", env, log_dir),
-            Service("prober", env, log_dir),
-            Service("edge", {**env, "GTM_DNS_LISTEN": f"127.0.0.1:{self.dns_port}"}, log_dir),
-        ]
-        self.api = Api(f"http://127.0.0.1:{api_port}/api/v1")
-
-    def start(self) -> Stack:
-        for proc in self.procs:
-            proc.start()
-        for proc in self.procs:
-            proc.wait_for_event("service_ready", timeout=30)
-        return self
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-
-    def put(self, path: str, body: dict[str, Any]) -> None:
-        status, reply = self.api.put(path, body)
-        assert status in (200, 201), reply
-
-    def answers(self, name: str, qtype: str = "A") -> list[str]:
-        return answer_addresses(dns_query(self.dns_port, name, qtype))
-
-
 @pytest.fixture
-def stack(nats_url: str, log_dir: Path) -> Iterator[Stack]:
-    s = Stack(nats_url, log_dir).start()
+def stack(nats_url: str, log_dir: Path) -> Iterator[ServiceStack]:
+    s = ServiceStack(nats_url, log_dir).start()
     try:
         yield s
     finally:
@@ -73,7 +40,7 @@ def address(name: str, ip: str, port: int, **kw: Any) -> dict[str, Any]:
 
 
 def test_weight_domain_answers_both_pools_the_heavier_more_often(
-    stack: Stack, backends: list[HttpBackend]
+    stack: ServiceStack, backends: list[HttpBackend]
 ) -> None:
     port = backends[0].port
     stack.put("/pools/Heavy", {"type": "ipv4", "addresses": [address("h1", IPS[0], port)]})
@@ -93,7 +60,7 @@ def test_weight_domain_answers_both_pools_the_heavier_more_often(
     assert seen[(IPS[0],)] > seen[(IPS[1],)]
 
 
-def test_round_robin_pool_stops_answering_a_killed_backend(stack: Stack, backends: list[HttpBackend]) -> None:
+def test_round_robin_pool_stops_answering_a_killed_backend(stack: ServiceStack, backends: list[HttpBackend]) -> None:
     port = backends[0].port
     stack.put(
         "/pools/Web",
@@ -116,7 +83,7 @@ def test_round_robin_pool_stops_answering_a_killed_backend(stack: Stack, backend
     assert (pool["available"], dead["available"]) == (True, False)
 
 
-def test_cname_domain_answers_one_host_name_and_fails_over_and_open(stack: Stack) -> None:
+def test_cname_domain_answers_one_host_name_and_fails_over_and_open(stack: ServiceStack) -> None:
     # the primary's host name never resolves, so its check fails; the backup has no check
     stack.put(
         "/pools/Origin",
