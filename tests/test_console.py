@@ -36,6 +36,7 @@ from shared.messages import (
     encoder,
 )
 from shared.settings import ApiSettings, NatsSettings, Settings
+from tests.browser import Page
 from tests.support import BACKUP_IP, DOMAIN, PRIMARY_IP, Api, HttpBackend, Service, Stack, free_port, wait_until
 
 Client = TestClient[web.Request, web.Application]
@@ -380,13 +381,8 @@ def test_console_walkthrough_from_an_empty_stack_creates_reviews_enables_and_fol
     # The page redraws itself on every live event: read it in one script call, retry actions on a redraw.
     wait = WebDriverWait(browser, 20, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
 
-    def text(css: str) -> str:
-        script = "const e = document.querySelector(arguments[0]); return e && e.innerText;"
-        return str(browser.execute_script(script, css))
-
-    def shown(css: str) -> bool:
-        script = "const e = document.querySelector(arguments[0]); return !!e && e.getClientRects().length > 0;"
-        return bool(browser.execute_script(script, css))
+    page = Page(browser)
+    text, shown = page.text, page.shown
 
     def health(address: str) -> str:
         script = "const e = document.querySelector(arguments[0]); return e && e.dataset.health;"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser import Page
 from tests.support import DOMAIN, Api, Service, free_port
 from tests.test_console import browser  # noqa: F401 - the fixture
 
@@ -40,16 +41,8 @@ def test_pool_and_domain_edits_round_trip_name_their_users_and_offer_a_reload_on
     assert api.put(f"/domains/{DOMAIN}", {"record_type": "A", "pools": [{"pool": "P1"}]})[0] == 201
     wait = WebDriverWait(browser, 15, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
 
-    def shown(css: str) -> bool:
-        script = "const e = document.querySelector(arguments[0]); return !!e && e.getClientRects().length > 0;"
-        return bool(browser.execute_script(script, css))
-
-    def field(path: str) -> Any:
-        return browser.find_element(By.CSS_SELECTOR, f'[data-field="{path}"]')
-
-    def fill(path: str, value: str) -> None:
-        field(path).clear()
-        field(path).send_keys(value)
+    page = Page(browser)
+    shown, field, fill = page.shown, page.field, page.fill
 
     # Edit a pool: the change is saved after a confirmation that names the domain using it; fields the
     # form does not show (remarks of an address) survive.
@@ -111,16 +104,8 @@ def test_templates_alert_targets_and_topology_are_created_edited_and_deleted_in_
     port, api = config
     wait = WebDriverWait(browser, 15, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
 
-    def shown(css: str) -> bool:
-        script = "const e = document.querySelector(arguments[0]); return !!e && e.getClientRects().length > 0;"
-        return bool(browser.execute_script(script, css))
-
-    def field(path: str) -> Any:
-        return browser.find_element(By.CSS_SELECTOR, f'[data-field="{path}"]')
-
-    def fill(path: str, value: str) -> None:
-        field(path).clear()
-        field(path).send_keys(value)
+    page = Page(browser)
+    shown, field, fill = page.shown, page.field, page.fill
 
     browser.get(f"http://127.0.0.1:{port}/#/settings")
     wait.until(lambda d: shown("#new-template"))

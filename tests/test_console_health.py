@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.browser import Page
 from tests.support import DOMAIN, PRIMARY_IP, HttpBackend, Stack
 from tests.test_console import _screens, browser  # noqa: F401 - the fixture
 from tests.test_console_forms import CONTROLS_WITHOUT_A_NAME
@@ -31,30 +32,17 @@ def test_two_checks_any_ok_and_a_maintenance_window_made_in_the_form_shown_with_
         api, port = stack.api, stack.api_port
         screens = _screens(tmp_path)
         wait = WebDriverWait(browser, 25, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
-
-        def text(css: str) -> str:
-            script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
-            return str(browser.execute_script(script, css))
-
-        def shown(css: str) -> bool:
-            script = "const e = document.querySelector(arguments[0]); return !!e && e.getClientRects().length > 0;"
-            return bool(browser.execute_script(script, css))
+        page = Page(browser)
+        text, shown, field, fill, error_beside = page.text, page.shown, page.field, page.fill, page.error_beside
 
         def click(css: str) -> None:
             browser.execute_script("document.querySelector(arguments[0]).click();", css)
 
-        def field(path: str) -> Any:
-            return browser.find_element(By.CSS_SELECTOR, f'[data-field="{path}"]')
 
-        def fill(path: str, value: str) -> None:
-            field(path).clear()
-            field(path).send_keys(value)
 
         def set_time(path: str, minutes: int) -> None:
             browser.execute_script(SET_VALUE, f'[data-field="{path}"]', browser.execute_script(LOCAL_IN, minutes))
 
-        def error_beside(path: str) -> str:
-            return text(f'[data-for="{path}"] .field-error')
 
         # The pool form: one check as before, then a second one added (the paths become health_checks[j]).
         browser.get(f"http://127.0.0.1:{port}/#/pools/new")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.browser import Page
 from tests.support import BACKUP_IP, DOMAIN, PRIMARY_IP, HttpBackend, Stack
 from tests.test_console import _screens, browser  # noqa: F401 - the fixture
 
@@ -25,25 +26,8 @@ def test_lines_are_typed_in_the_forms_shown_on_the_domain_page_and_a_bad_line_is
     port = stack.api_port
     screens = _screens(tmp_path)
     wait = WebDriverWait(browser, 20, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
-
-    def text(css: str) -> str:
-        script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
-        return str(browser.execute_script(script, css))
-
-    def shown(css: str) -> bool:
-        script = "const e = document.querySelector(arguments[0]); return !!e && e.getClientRects().length > 0;"
-        return bool(browser.execute_script(script, css))
-
-    def field(path: str) -> Any:
-        return browser.find_element(By.CSS_SELECTOR, f'[data-field="{path}"]')
-
-    def fill(path: str, value: str) -> None:
-        field(path).clear()
-        if value:
-            field(path).send_keys(value)
-
-    def error_beside(path: str) -> str:
-        return text(f'[data-for="{path}"] .field-error')
+    page = Page(browser)
+    text, shown, field, fill, error_beside = page.text, page.shown, page.field, page.fill, page.error_beside
 
     def create_pool(name: str, ip: str, lines: str) -> None:
         browser.get(f"http://127.0.0.1:{port}/#/pools/new")
