@@ -22,7 +22,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from services.config.errors import InvalidArgument
-from services.config.views import iso
+from services.config.views import iso, parse_limit
 from shared import subjects
 from shared.messages import HealthLogEntry, health_log_decoder
 from shared.resources import NAME_RE
@@ -61,15 +61,7 @@ def parse_query(query: Mapping[str, str], *, now: float | None = None) -> Health
         raise InvalidArgument("address needs its pool", "address")
     if len(region) > 64:
         raise InvalidArgument("region is at most 64 characters", "region")
-    raw = query.get("limit", "")
-    limit = DEFAULT_LIMIT
-    if raw:
-        try:
-            limit = int(raw)
-        except ValueError:
-            raise InvalidArgument(f"limit must be an integer, not {raw!r}", "limit") from None
-        if not 1 <= limit <= MAX_LIMIT:
-            raise InvalidArgument(f"limit must be 1-{MAX_LIMIT}", "limit")
+    limit = parse_limit(query, default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
     since_text = query.get("since", "").strip()
     if since_text:
         try:

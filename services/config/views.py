@@ -111,17 +111,23 @@ def _fqdn(name: str) -> str:
     return name.rstrip(".").lower()
 
 
+def parse_limit(query: Mapping[str, str], *, default: int, maximum: int) -> int:
+    """The ``limit`` parameter (``default`` when absent or empty); 400 naming it unless an integer 1-``maximum``."""
+    raw = query.get("limit", "")
+    if raw == "":
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"limit must be an integer, not {raw!r}", "limit") from None
+    if not 1 <= limit <= maximum:
+        raise InvalidArgument(f"limit must be 1-{maximum}", "limit")
+    return limit
+
+
 def parse_events_query(query: Mapping[str, str]) -> EventsQuery:
     """Validate ``domain``, ``kind``, ``resource``, ``name`` and ``limit``; raise ``invalid_argument`` naming it."""
-    raw_limit = query.get("limit", "")
-    limit = DEFAULT_LIMIT
-    if raw_limit != "":
-        try:
-            limit = int(raw_limit)
-        except ValueError:
-            raise InvalidArgument(f"limit must be an integer, not {raw_limit!r}", "limit") from None
-        if not 1 <= limit <= MAX_LIMIT:
-            raise InvalidArgument(f"limit must be 1-{MAX_LIMIT}", "limit")
+    limit = parse_limit(query, default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
     kind = query.get("kind", "")
     if kind and kind not in EVENT_KINDS:
         raise InvalidArgument("kind must be switch or operation", "kind")
