@@ -90,6 +90,10 @@ class HealthCheck(_Resource, kw_only=True, frozen=True):
     failure_rate: Percent = 50
     verify_tls: bool = False  # https: verify the certificate against `host` (or the address)
     body_match: Annotated[str, Meta(max_length=1024)] = ""  # ok only if the body contains this
+    # http, https, tcp: hold an idle connection to the port between checks and check again at once when
+    # the backend's end closes it (a crash is seen in milliseconds); off for servers that serve one
+    # connection at a time (an idle one would hold them up)
+    hold_connection: bool = True
     # ping: echo requests per check, and the loss (percent) at which the check fails
     packets: Annotated[int, Meta(ge=1, le=100)] = 1
     loss_rate: LossRate = 100

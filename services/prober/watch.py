@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,8 +30,8 @@ RECHECKS_PER_INTERVAL = 2
 
 
 def watchable(check: HealthCheck) -> bool:
-    """Whether a check's port can be watched (ping has no connection to hold)."""
-    return check.protocol in WATCHED and check.effective_port is not None
+    """Whether a check's port is watched (ping has no connection to hold; ``hold_connection`` may say no)."""
+    return check.protocol in WATCHED and check.effective_port is not None and check.hold_connection
 
 
 @dataclass
@@ -58,6 +60,15 @@ class ConnectionWatch:
         self.timeout_s = check.timeout_s
         self.poke = poke
         self.closes = 0  # connections that ended (each one a poke)
+        # https: complete the TLS handshake (unverified: this connection only listens), so that a server
+        # doing handshakes in its accept loop is not held up by a connection that never says hello
+        self._tls: ssl.SSLContext | None = None
+        self._sni: str | None = None
+        if check.protocol == "https":
+            self._tls = ssl.create_default_context()
+            self._tls.check_hostname = False
+            self._tls.verify_mode = ssl.CERT_NONE
+            self._sni = check.host or (None if _is_ip(host) else host)
 
     async def run(self) -> None:
         """Connect, wait for the end of the connection, poke, and again, until cancelled."""
@@ -65,9 +76,12 @@ class ConnectionWatch:
         while True:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), self.timeout_s
+                    asyncio.open_connection(
+                        self.host, self.port, ssl=self._tls, server_hostname=self._sni if self._tls else None
+                    ),
+                    self.timeout_s,
                 )
-            except (OSError, TimeoutError):
+            except (OSError, TimeoutError, ssl.SSLError):
                 await asyncio.sleep(self.interval_s)  # down or unreachable: the regular checks see it
                 continue
             opened = loop.time()
@@ -89,3 +103,11 @@ class ConnectionWatch:
             lived = loop.time() - opened
             if lived < self.interval_s:
                 await asyncio.sleep(self.interval_s - lived)  # a server closing idle connections fast
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
