@@ -250,6 +250,7 @@ def test_an_address_going_down_then_its_pool_give_two_alerts_in_that_order() -> 
         "target": "192.0.2.1", "available": False, "reason": "http connection refused",
         "before": ["192.0.2.1"], "after": [],
         "message": "address Primary-DC/a (192.0.2.1) is unavailable: http connection refused",
+        "healthy": None, "mode": "auto",
     }
     assert (pool["pool"], pool["available"], pool["before"], pool["after"]) == ("Primary-DC", False, ["192.0.2.1"], [])
     assert pool["reason"] == "0 of 2 enabled addresses available" and pool["message"].startswith("pool Primary-DC is ")

@@ -399,7 +399,10 @@ def test_scheduler_exports_pool_address_domain_and_region_availability(nats_url:
             s = scrape()
             return s if _value(s, "gtm_scheduler_switches_total", domain="www.example.com") == 1.0 else None
 
-        s = wait_until(switched, timeout=20)
+        try:
+            s = wait_until(switched, timeout=20)
+        except TimeoutError:
+            raise AssertionError(scheduler.output()[-6000:]) from None
         assert _value(s, "gtm_pool_available", pool="Primary") == 0.0
         assert _value(s, "gtm_domain_pools_available", domain="www.example.com") == 1.0
         failures = _samples(_get(prober_port)[1])

@@ -33,7 +33,9 @@ from services.scheduler import fencing, metrics
 from shared import bus, ops, subjects
 from shared.messages import (
     AnswerSet,
+    HealthLogEntry,
     PoolState,
+    SwitchEvent,
     answer_set_decoder,
     encoder,
     pool_state_decoder,
@@ -417,10 +419,13 @@ def _log_published(m: Any) -> None:
         )
     elif isinstance(m, PoolState):
         log.info("pool_state_changed", pool=m.pool, available=m.available, current=m.current)
-    else:
+    elif isinstance(m, SwitchEvent):
         log.info(
-            "domain_switched", domain=m.domain, from_pool=m.from_pool, to_pool=m.to_pool, reason=m.reason
+            "domain_switched", domain=m.domain, line=m.line or None, from_pool=m.from_pool, to_pool=m.to_pool,
+            reason=m.reason,
         )
+    elif isinstance(m, HealthLogEntry) and m.kind == "address_changed":
+        log.info("address_health_logged", pool=m.pool, address=m.address, message=m.message)
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
