@@ -99,7 +99,9 @@ async def read(js: JetStreamContext, q: HealthLogQuery) -> dict[str, Any]:
     )
     scanned, truncated = 0, False
     try:
-        pending = (await sub.consumer_info()).num_pending
+        # Messages may be delivered before the consumer is asked about: count those as well
+        consumer = await sub.consumer_info()
+        pending = (consumer.num_pending or 0) + ((consumer.delivered.consumer_seq or 0) if consumer.delivered else 0)
         while pending:
             try:
                 msg = await sub.next_msg(timeout=READ_TIMEOUT_S)
