@@ -41,7 +41,6 @@ from shared.settings import load
 log = structlog.get_logger(__name__)
 
 target_decoder = msgspec.json.Decoder(AlertTarget)
-CONSOLE_URL_ENV = "GTM_CONSOLE_URL"  # shared.settings: api.console_url
 
 
 def send_email(target: AlertTarget, title: str, body: str, timeout_s: float) -> str:

@@ -117,9 +117,7 @@ class Responder:
         if query.qclass == wire.CLASS_IN:
             table = self._table
             answer, compiled = table.lookup(query.question[:-4].lower(), query.qtype)
-            if compiled is not None and compiled.lined is not None and answer is not REFUSED and (
-                answer is compiled.answer or answer is compiled.other or answer is compiled.nodata
-            ):
+            if compiled is not None and compiled.lined is not None and answer is not REFUSED:
                 # A domain with lines: the answer of the client's line, and its data's prefix as the ECS scope.
                 mine, other, line_scope = compiled.lined.resolve(table.locator.locate(query.ecs, client))
                 answer = (mine if compiled.own_type(query.qtype) else other) or compiled.nodata

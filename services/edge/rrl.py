@@ -207,6 +207,12 @@ _SLIP_COUNTS = (bytes(8), b"\x00\x01" + bytes(6))  # QD, AN, NS, AR counts witho
 _SLIP_COUNTS_EDNS = (bytes(6) + b"\x00\x01", b"\x00\x01" + bytes(4) + b"\x00\x01")
 
 
+def limited(verdict: int, reply: bytes) -> bytes | None:
+    """What a reply the limiter did not PASS becomes: nothing (DROP), or its truncated form (SLIP:
+    a real client retries over TCP, which is never limited).  Called only off the common path."""
+    return None if verdict == DROP else truncated(reply)
+
+
 def truncated(reply: bytes) -> bytes:
     """``reply`` cut down to what a slipped response carries: header with TC, question, OPT if any."""
     if len(reply) < wire.HEADER_LEN:

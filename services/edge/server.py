@@ -18,7 +18,7 @@ import structlog
 
 from services.edge import mmsg
 from services.edge.responder import Responder
-from services.edge.rrl import DROP, Limiter, truncated
+from services.edge.rrl import Limiter, limited
 from services.edge.stats import ANSWER_SECONDS, LATENCY_SAMPLE
 from services.edge.tcp import MAX_TCP_CONNECTIONS, TCP_IDLE_S, TCP_STALL_S, TcpConnections, TcpProtocol, limit_buffers
 
@@ -92,9 +92,9 @@ class UdpProtocol(asyncio.DatagramProtocol):
         if limit is not None:
             verdict = limit(addr[0])
             if verdict:
-                if verdict == DROP:
+                reply = limited(verdict, reply)
+                if reply is None:
                     return
-                reply = truncated(reply)  # SLIP: a real client retries over TCP, which is never limited
         try:
             self._sendto(reply, addr)
         except BlockingIOError:
@@ -195,9 +195,9 @@ class BatchUdp:
                 if limit is not None:
                     verdict = limit(client[0])
                     if verdict:
-                        if verdict == DROP:
+                        reply = limited(verdict, reply)
+                        if reply is None:
                             continue
-                        reply = truncated(reply)  # SLIP: a real client retries over TCP, which is never limited
             except Exception:  # never let one packet hurt the listener, nor the rest of its batch
                 log.exception("dns_answer_failed", size=len(query))
                 continue

@@ -21,8 +21,7 @@ from msgspec import Struct
 from shared.messages import AddressState, HealthLogEntry, ProbeResult
 from shared.resources import Address, HealthCheck, checks_of
 
-# Share of checks that must pass, in percent, by judgement (and of addresses, by health condition).
-SHARE: dict[str, int] = {"any_ok": 0, "p30_ok": 30, "p50_ok": 50, "p70_ok": 70, "all_ok": 100}
+from .decide import CONDITION_SHARE  # the same words: share of checks (here) or addresses that must pass
 
 State = Literal["unknown", "up", "down"]
 
@@ -216,7 +215,7 @@ def address_health(
             reasons.append(_down_reason(address.name, hc, down[0]))
         else:
             ups += 1
-    share = SHARE[address.judgement] if len(checks) > 1 else 100
+    share = CONDITION_SHARE[address.judgement] if len(checks) > 1 else 100
     healthy = ups >= 1 if share == 0 else 100 * ups >= share * len(checks)
     reason = "" if healthy else (reasons[0] if len(checks) == 1 or not reasons else
                                  f"{reasons[0]} ({len(checks) - ups} of {len(checks)} checks failing, "
