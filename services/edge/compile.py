@@ -127,16 +127,17 @@ def make_variant(*, rcode: int, aa: bool, rrs: Sequence[bytes] = (), authority: 
 class Answer:
     """A response for one name: ``pick()`` returns the variant for the next query."""
 
-    __slots__ = ("max_body", "pick")
+    __slots__ = ("max_body", "pick", "variant")
 
-    def __init__(self, pick: Picker, max_body: int) -> None:
+    def __init__(self, pick: Picker, max_body: int, variant: Variant | None = None) -> None:
         self.pick = pick
         self.max_body = max_body  # the longest EDNS body
+        self.variant = variant  # what pick() always returns, for an answer that never changes (else None)
 
     @classmethod
     def fixed(cls, variant: Variant) -> Answer:
         """An answer that never changes."""
-        return cls(itertools.repeat(variant).__next__, len(variant[5]))
+        return cls(itertools.repeat(variant).__next__, len(variant[5]), variant)
 
     @classmethod
     def cycling(cls, variants: Sequence[Variant], order: Sequence[int]) -> Answer:

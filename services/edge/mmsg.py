@@ -133,6 +133,10 @@ class Ring:
         self.send_iov_ptrs = memoryview(self._send_iov).cast("B").cast("P")  # iov_len of each
         self.names_q = memoryview(self.names).cast("Q")  # IPv4: word 2i is family, port and address of slot i
         self.recv_view, self.send_view = memoryview(self.recv_data), memoryview(self.send_data)
+        # The same data as 16-bit words: word ``i * SLOT // 2`` of slot i is its DNS ID (slots are 2-aligned).
+        self.recv_ids, self.send_ids = self.recv_view.cast("H"), self.send_view.cast("H")
+        # IPv4: the bits of a names_q word that hold the address (not the family and port).
+        self.addr_mask = int.from_bytes(bytes(4) + b"\xff" * 4, sys.byteorder)
         self.names_view = memoryview(self.names)
         # Per receive slot: (i, data offset, index of its msg_len in recv_words, its address key's index in
         # names_q (IPv4) or names_view (IPv6), the address of its sockaddr).
@@ -191,8 +195,8 @@ class Ring:
     def close(self) -> None:
         """Let go of the buffer views (the arrays are freed with the ring)."""
         for view in (
-            self.recv_words, self.send_ptrs, self.send_iov_ptrs, self.names_q, self.recv_view, self.send_view,
-            self.names_view,
+            self.recv_words, self.send_ptrs, self.send_iov_ptrs, self.names_q, self.recv_ids, self.send_ids,
+            self.recv_view, self.send_view, self.names_view,
         ):  # fmt: skip
             view.release()
 

@@ -13,6 +13,7 @@ import struct
 
 from services.edge import wire
 from services.edge.compile import REFUSED, Compiled, Variant
+from services.edge.replies import ReplyCache
 from services.edge.stats import QueryCounts
 from services.edge.table import AnswerTable
 from services.edge.wire import QType, Rcode
@@ -29,17 +30,28 @@ _FORMERR, _NOTIMP, _BADVERS = int(Rcode.FORMERR), int(Rcode.NOTIMP), int(Rcode.B
 class Responder:
     """Answers queries from an :class:`AnswerTable` (which it reads live)."""
 
-    __slots__ = ("_counted", "_counts", "_fast", "_lined", "_table")
+    __slots__ = ("_counted", "_counts", "_fast", "_fixed", "_lined", "_replies", "_table")
 
     def __init__(self, table: AnswerTable, counts: QueryCounts | None = None) -> None:
         self._table = table
         self._fast = table.fast
+        self._fixed = table.fixed
         self._lined = table.lined
         self._counts = counts if counts is not None else QueryCounts()
         self._counted = self._counts.fast
+        self._replies: ReplyCache | None = None
+
+    def reply_cache(self) -> ReplyCache:
+        """The cache of whole replies this responder fills from now on (for a loop that reads it before asking)."""
+        if self._replies is None:
+            self._replies = ReplyCache(self._table, self._counts)
+        return self._replies
 
     def answer(self, data: bytes, tcp: bool = False, client: object = None) -> bytes | None:
-        """The reply to ``data`` (from ``client``, a socket address), or None when it deserves silence."""
+        """The reply to ``data`` from ``client``, or None when it deserves silence.
+
+        ``client`` is the sender: a tuple whose first item is its address as the socket module shows it.
+        """
         # Each shape repeats the lookup inline: sharing it costs the fast path ~5 % (measured).
         if len(data) > 16 and not data[2] & _NOT_PLAIN_QUERY:
             counts = data[4:12]
@@ -51,7 +63,10 @@ class Responder:
                     counted = self._counted
                     counted[key] = counted.get(key, 0) + 1
                     v = pick()
-                    return data[:2] + v[data[2] & 1] + question + v[2]
+                    reply = data[:2] + v[data[2] & 1] + question + v[2]
+                    if self._replies is not None and self._fixed.get(key) is v:
+                        self._replies.put(data, reply, key)
+                    return reply
                 lined = self._lined.get(key)
                 if lined is not None:
                     found = self._for_client(key, lined, client)
@@ -65,7 +80,10 @@ class Responder:
                     counted = self._counted
                     counted[key] = counted.get(key, 0) + 1
                     v = pick()
-                    return data[:2] + v[3 + (data[2] & 1)] + question + v[5]
+                    reply = data[:2] + v[3 + (data[2] & 1)] + question + v[5]
+                    if self._replies is not None and self._fixed.get(key) is v:
+                        self._replies.put(data, reply, key)
+                    return reply
                 lined = self._lined.get(key)
                 if lined is not None:
                     found = self._for_client(key, lined, client)

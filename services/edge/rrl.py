@@ -122,6 +122,19 @@ class Limiter:
                 key = self._key4(host)
         except (OSError, ValueError):
             return PASS  # not an address we can group: never let the limiter stop an answer
+        return self.check_subnet(key, host)
+
+    def subnet(self, host: str) -> Hashable | None:
+        """The subnet ``host`` is counted in, for :meth:`check_subnet` (None: never limited: exempt, or not
+        an address we can group). Worked out once per client by a caller that remembers clients."""
+        try:
+            key = self._key6(host) if ":" in host else self._key4(host)
+        except (OSError, ValueError):
+            return None
+        return None if self._is_exempt(host) else key
+
+    def check_subnet(self, key: Hashable, host: str) -> int:
+        """:meth:`check` for a ``host`` whose subnet is ``key`` (from :meth:`subnet`)."""
         e = self._get(key)
         if e is None:
             e = self._first(key, host)

@@ -122,12 +122,14 @@ class BatchUdp:
         self, responder: Responder, sock: socket.socket, limiter: Limiter | None = None, *, slots: int = BATCH
     ) -> None:
         self._answer = responder.answer
-        self._limit = limiter.check if limiter is not None else None
+        self._limiter = limiter
         self._sock = sock
         self._fd = sock.fileno()
         self._ring = mmsg.Ring(sock.family, slots)
         self._ring.probe(self._fd)
-        self._clients: dict[Any, tuple[Any, ...]] = {}
+        self._replies = responder.reply_cache()
+        # Sender address (without its port) -> (the sender as the responder sees it, its rate-limit subnet or None).
+        self._clients: dict[Any, tuple[tuple[Any, ...], Any]] = {}
         self._pending: deque[tuple[bytes, tuple[Any, ...]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._n = 0
@@ -171,42 +173,59 @@ class BatchUdp:
                 return
 
     def _serve(self, n: int) -> None:
-        """Answer received slots ``0 .. n-1`` and send the replies (the hot loop: every step here is per query)."""
+        """Answer received slots ``0 .. n-1`` and send the replies (the hot loop: every step here is per query).
+
+        A query whose bytes after the ID are in the reply cache is answered from there (its ID copied
+        into the cached reply in the send buffer); any other is parsed and answered by the responder.
+        """
         ring = self._ring
         data, words, out = ring.recv_view, ring.recv_words, ring.send_view
-        names, names_q = ring.names_view, ring.names_q
+        ids_in, ids_out = ring.recv_ids, ring.send_ids
+        names, names_q, addr_mask = ring.names_view, ring.names_q, ring.addr_mask
         send_ptrs, iov_ptrs = ring.send_ptrs, ring.send_iov_ptrs
         hdr_ptrs, name_ptr, iov_words, iovlen_ptr = ring.hdr_ptrs, ring.name_ptr, ring.iov_ptrs, ring.iovlen_ptr
-        v4, namelen = ring.family == socket.AF_INET, ring.namelen
-        clients = self._clients
-        answer, limit = self._answer, self._limit
+        v4 = ring.family == socket.AF_INET
+        clients, replies = self._clients, self._replies.current()
+        answer, limiter = self._answer, self._limiter
         k = 0
         moved = False  # whether a send header points at another slot's sender than its own
         for i, o, length, key_at, name in ring.plan[:n]:
-            query = data[o : o + words[length]].tobytes()
-            key: Any = names_q[key_at] if v4 else names[key_at : key_at + namelen].tobytes()
-            client = clients.get(key)
-            if client is None:
-                client = self._client(i, key)
-            try:
-                reply = answer(query, False, client)
-                if reply is None:
-                    continue
-                if limit is not None:
-                    verdict = limit(client[0])
-                    if verdict:
-                        reply = limited(verdict, reply)
-                        if reply is None:
-                            continue
-            except Exception:  # never let one packet hurt the listener, nor the rest of its batch
-                log.exception("dns_answer_failed", size=len(query))
-                continue
-            size = len(reply)
-            if size > _SLOT:  # not from this edge over UDP; sent alone all the same
-                self._send_one(reply, client)
-                continue
+            end = o + words[length]
+            hit = replies.get(data[o + 2 : end].tobytes())
+            key: Any = names_q[key_at] & addr_mask if v4 else names[key_at + 8 : key_at + 28].tobytes()
+            peer = clients.get(key)
+            if peer is None:
+                peer = self._peer(i, key)
+            client, subnet = peer
             so = k * _SLOT
-            out[so : so + size] = reply
+            if hit is not None and subnet is None:  # the common case: cached, and no limit to apply
+                hit.hits += 1
+                size = hit.size
+                ids_out[so >> 1] = ids_in[o >> 1]
+                out[so + 2 : so + size] = hit.tail
+            else:
+                try:
+                    if hit is not None:
+                        hit.hits += 1
+                        reply: bytes | None = data[o : o + 2].tobytes() + hit.tail
+                    else:
+                        reply = answer(data[o:end].tobytes(), False, client)
+                    if reply is None:
+                        continue
+                    if subnet is not None and limiter is not None:
+                        verdict = limiter.check_subnet(subnet, client[0])
+                        if verdict:
+                            reply = limited(verdict, reply)
+                            if reply is None:
+                                continue
+                except Exception:  # never let one packet hurt the listener, nor the rest of its batch
+                    log.exception("dns_answer_failed", size=end - o)
+                    continue
+                size = len(reply)
+                if size > _SLOT:  # not from this edge over UDP; sent alone all the same
+                    self._send_one(reply, ring.address(i))
+                    continue
+                out[so : so + size] = reply
             iov_ptrs[k * iov_words + iovlen_ptr] = size
             if k != i:  # an earlier query got no reply: this reply goes out from an earlier send slot
                 send_ptrs[k * hdr_ptrs + name_ptr] = name
@@ -217,13 +236,16 @@ class BatchUdp:
         if moved:
             ring.reset_names(k)
 
-    def _client(self, i: int, key: Any) -> tuple[Any, ...]:
-        """The sender of slot ``i``, converted once per raw address (the cache is cleared when full)."""
+    def _peer(self, i: int, key: Any) -> tuple[tuple[Any, ...], Any]:
+        """The sender of slot ``i`` (its address, as the socket module shows it) and its rate-limit subnet,
+        worked out once per address (the cache is cleared when full)."""
         clients = self._clients
         if len(clients) >= MAX_CLIENTS:
             clients.clear()
-        client = clients[key] = self._ring.address(i)
-        return client
+        client = self._ring.address(i)[:1]
+        subnet = self._limiter.subnet(client[0]) if self._limiter is not None else None
+        peer = clients[key] = (client, subnet)
+        return peer
 
     def _flush(self, k: int) -> None:
         """Send prepared send slots ``0 .. k-1``: what cannot go now waits, failures are skipped and counted."""

@@ -8,7 +8,7 @@ worked out when Prometheus scrapes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import Histogram
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,11 +36,17 @@ _RCODE_LABELS = {int(r): r.name for r in Rcode}
 class QueryCounts:
     """Counters the responder bumps: positive fast-path answers and everything else."""
 
-    __slots__ = ("fast", "other")
+    __slots__ = ("fast", "folds", "other")
 
     def __init__(self) -> None:
         self.fast: dict[bytes, int] = {}  # lower-cased question bytes -> count (all NOERROR)
         self.other: dict[tuple[bytes, int], int] = {}  # (question bytes or b"", rcode) -> count
+        self.folds: list[Callable[[], None]] = []  # what moves counts kept elsewhere (reply caches) into ``fast``
+
+    def settle(self) -> None:
+        """Bring in the counts kept elsewhere, before they are read."""
+        for fold in self.folds:
+            fold()
 
     def count_reply(self, reply: bytes) -> None:
         """Count a reply of the slow path by its question and rcode (read back from the reply)."""
@@ -121,6 +127,7 @@ class EdgeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Fold the raw counters into labelled samples."""
         totals: dict[tuple[str, str, str], int] = {}
+        self.counts.settle()
         rows = [(q, 0, n) for q, n in list(self.counts.fast.items())]
         rows += [(q, rc, n) for (q, rc), n in list(self.counts.other.items())]
         for question, rcode, n in rows:

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 from services.edge import wire
-from services.edge.compile import REFUSED, Answer, Compiled, Picker, compile_answer_set
+from services.edge.compile import REFUSED, Answer, Compiled, Picker, Variant, compile_answer_set
 from services.edge.locate import Locator
 from services.edge.topology import EMPTY, RegionMap
 from services.edge.wire import QType
@@ -26,6 +26,7 @@ from shared.messages import AnswerSet, encoder
 FAST_QTYPES = (QType.A, QType.AAAA, QType.HTTPS)  # HTTPS: asked beside A and AAAA by browsers
 _FAST_TAILS = tuple((qtype, struct.pack("!HH", qtype, wire.CLASS_IN)) for qtype in FAST_QTYPES)
 _CNAME_TAIL = struct.pack("!HH", QType.CNAME, wire.CLASS_IN)  # CNAME domains answer it too
+_TAILS = tuple(tail for _, tail in _FAST_TAILS)
 _ANY = int(QType.ANY)  # read per query: a plain int
 _ROOM = wire.MIN_PAYLOAD - wire.HEADER_LEN - 4  # for the name and the EDNS body
 
@@ -71,6 +72,7 @@ class AnswerTable:
         geo: Callable[[], GeoDatabase | None] | None = None,
     ) -> None:
         self.fast: dict[bytes, Picker] = {}
+        self.fixed: dict[bytes, Variant] = {}  # the keys of ``fast`` whose answer never changes: that answer
         # question -> the domain with lines it asks for, and whether it asks for the domain's own type:
         # answered without parsing when the query carries no ECS (see Responder.answer)
         self.lined: dict[bytes, tuple[Compiled, bool]] = {}
@@ -206,13 +208,17 @@ class AnswerTable:
             if compiled.other is not None:
                 other = None
         room = _ROOM - len(name)
-        fast = self.fast
         for qtype, tail in _FAST_TAILS:
             chosen = answer if cname or qtype == rtype else other
             if chosen is not None and chosen.max_body <= room:
-                fast[name + tail] = chosen.pick
+                self._fast(name + tail, chosen)
         if cname and answer is not None and answer.max_body <= room:
-            fast[name + _CNAME_TAIL] = answer.pick
+            self._fast(name + _CNAME_TAIL, answer)
+
+    def _fast(self, key: bytes, answer: Answer) -> None:
+        self.fast[key] = answer.pick
+        if answer.variant is not None:
+            self.fixed[key] = answer.variant
 
     def remove(self, domain: str) -> None:
         """Forget a domain (its name is then REFUSED, or NXDOMAIN inside the zone)."""
@@ -240,11 +246,11 @@ class AnswerTable:
         return REFUSED, None
 
     def _drop_fast(self, name: bytes) -> None:
-        for _, tail in _FAST_TAILS:
-            self.fast.pop(name + tail, None)
-            self.lined.pop(name + tail, None)
-        self.fast.pop(name + _CNAME_TAIL, None)
-        self.lined.pop(name + _CNAME_TAIL, None)
+        for tail in (*_TAILS, _CNAME_TAIL):
+            key = name + tail
+            self.fast.pop(key, None)
+            self.fixed.pop(key, None)
+            self.lined.pop(key, None)
 
     def room(self, key: bytes) -> int:
         """The longest EDNS body a reply to the question ``key`` may carry and still fit 512 bytes."""
