@@ -89,10 +89,10 @@ class Responder:
                     found = self._for_client(key, lined, client)
                     if found is not None:
                         return data[:2] + found[3 + (data[2] & 1)] + question + found[5]
-        reply = self.answer_slow(data, tcp, client)
-        if reply is not None:
-            self._counts.count_reply(reply)
-        return reply
+        slow = self.answer_slow(data, tcp, client)
+        if slow is not None:
+            self._counts.count_reply(slow)
+        return slow
 
     def _for_client(self, key: bytes, lined: tuple[Compiled, bool], client: object) -> Variant | None:
         """The variant for a query without ECS to a domain with lines, by the resolver's address
