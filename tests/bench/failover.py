@@ -6,6 +6,7 @@ minimum) and PowerDNS 4 LUA ``ifurlup`` (health checks every 1 s, minimumFailure
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.bench import gdnsd
@@ -137,12 +138,21 @@ bench IN LUA A "ifurlup('http://{name}:{check}/', {{{{'{primary}'}}, {{'{backup}
 """
 
 
-def _pdns(port: int, primary: ProcessBackend) -> tuple[list[float], list[float]]:
+@contextlib.contextmanager
+def pdns(check_port: int, *, caches: bool = False) -> Iterator[int]:
+    """A PowerDNS server with the LUA ``ifurlup`` name, health-checking ``check_port``; yields its DNS port.
+
+    ``caches``: keep PowerDNS's packet and query caches at their defaults (for q/s); off, every
+    answer reflects the latest health check (for failover).
+    """
     d = Path(tempfile.mkdtemp(prefix="gtm-pdns-"))
     dns_port = free_port()
-    (d / "pdns.conf").write_text(PDNS_CONF.format(dir=d, port=dns_port))
+    conf = PDNS_CONF.format(dir=d, port=dns_port)
+    if caches:
+        conf = "".join(line + "\n" for line in conf.splitlines() if "cache-ttl" not in line)
+    (d / "pdns.conf").write_text(conf)
     (d / "named.conf").write_text(f'zone "example.com" {{ type master; file "{d}/example.com.zone"; }};\n')
-    (d / "example.com.zone").write_text(PDNS_ZONE.format(name=NAME, check=port, primary=PRIMARY, backup=BACKUP))
+    (d / "example.com.zone").write_text(PDNS_ZONE.format(name=NAME, check=check_port, primary=PRIMARY, backup=BACKUP))
     proc = subprocess.Popen(
         [shutil.which("pdns_server") or "/usr/sbin/pdns_server", f"--config-dir={d}"],
         stdout=subprocess.DEVNULL,
@@ -150,17 +160,29 @@ def _pdns(port: int, primary: ProcessBackend) -> tuple[list[float], list[float]]
     )
     try:
         wait_until(lambda: _answers(dns_port), timeout=20)
-        return _measure([dns_port], primary, ROUNDS)
+        yield dns_port
     finally:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(d, ignore_errors=True)
 
 
+def pdns_available() -> bool:
+    """Whether pdns_server is installed."""
+    return bool(shutil.which("pdns_server") or Path("/usr/sbin/pdns_server").exists())
+
+
+def _pdns(port: int, primary: ProcessBackend) -> tuple[list[float], list[float]]:
+    with pdns(port) as dns_port:
+        return _measure([dns_port], primary, ROUNDS)
+
+
 def bench_failover() -> None:
     """Print failover and fail-back p50/max for GTM, gdnsd and PowerDNS on this machine."""
-    print(f"\n== failover / fail-back: backend killed (kill -9, HTTP/1.1 keep-alive) -> every server answers the "
-          f"backup ({ROUNDS} rounds)")
+    print(
+        f"\n== failover / fail-back: backend killed (kill -9, HTTP/1.1 keep-alive) -> every server answers the "
+        f"backup ({ROUNDS} rounds)"
+    )
     contenders: list[tuple[str, Callable[[int, ProcessBackend], tuple[list[float], list[float]]], bool]] = [
         ("gtm (interval 1 s, failures 1, 2 edges)", _gtm, True),
         ("gdnsd 3.8 (interval 2 s, down_thresh 2)", _gdnsd, gdnsd.available()),

@@ -32,8 +32,12 @@ def line(label: str, value: str) -> None:
 
 
 def bench_qps(rounds: int = 3) -> None:
-    """One edge process and gdnsd side by side, in alternating rounds (the load of the machine changes)."""
-    print(f"\n== DNS queries/s: one edge process vs gdnsd (dnsperf -c 4, loopback, {rounds} alternating rounds)")
+    """One edge process beside gdnsd and PowerDNS, in alternating rounds (the load of the machine changes)."""
+    from tests.bench import failover
+
+    print(
+        f"\n== DNS queries/s: one edge process vs gdnsd and PowerDNS (dnsperf -c 4, loopback, {rounds} alternating rounds)"
+    )
     backend = HttpBackend(host="127.0.0.2").start()
     try:
         with contextlib.ExitStack() as stack:
@@ -42,31 +46,39 @@ def bench_qps(rounds: int = 3) -> None:
             svc, port = lab.edge()
             assert svc.proc is not None
             line("gtm edge UDP path", event(svc, "udp_path").get("path", "?"))
-            ref: gdnsd.Gdnsd | None = None
+            others: dict[str, int] = {}
             if gdnsd.available():
                 ref = stack.enter_context(
                     gdnsd.Gdnsd(check_port=backend.port, primary="127.0.0.2", secondary="127.0.0.3")
                 )
+                others["gdnsd 3 simplefo + http_status"] = ref.port
             else:
                 line("gdnsd", "not installed (apt-get install gdnsd dnsperf)")
+            if failover.pdns_available():
+                others["PowerDNS 4 LUA ifurlup, caches on"] = stack.enter_context(
+                    failover.pdns(backend.port, caches=True)
+                )
+            else:
+                line("PowerDNS", "not installed (apt-get install pdns-server pdns-backend-bind)")
             edges: list[float] = []
-            ratios: list[float] = []
+            ratios: dict[str, list[float]] = {name: [] for name in others}
             for i in range(1, rounds + 1):
                 edge = dnsperf(port, [BENCH_NAME], seconds=SECONDS)
                 edges.append(edge["qps"])
                 line(f"round {i}: gtm edge", _fmt(edge))
-                if ref is not None:
-                    other = dnsperf(ref.port, [BENCH_NAME], seconds=SECONDS)
-                    line(f"round {i}: gdnsd 3 simplefo + http_status", _fmt(other))
-                    ratios.append(edge["qps"] / other["qps"])
-                    line(f"round {i}: ratio gtm / gdnsd", f"{ratios[-1]:.2f}")
+                for name, other_port in others.items():
+                    other = dnsperf(other_port, [BENCH_NAME], seconds=SECONDS)
+                    line(f"round {i}: {name}", _fmt(other))
+                    ratios[name].append(edge["qps"] / other["qps"])
+                    line(f"round {i}: ratio gtm / {name.split()[0]}", f"{ratios[name][-1]:.2f}")
             best = max(edges)
             at80 = dnsperf(port, [BENCH_NAME], seconds=SECONDS, max_qps=int(best * 0.8))
             line("gtm edge at 80% of its best", _fmt(at80))
             line("gtm edge RSS after load", f"{rss_mb(svc.proc.pid):.1f} MB")
-            if ratios:
-                line("ratio gtm / gdnsd, each round", " ".join(f"{r:.2f}" for r in ratios))
-                line("ratio gtm / gdnsd, median", f"{statistics.median(ratios):.2f}")
+            for name, each in ratios.items():
+                short = name.split()[0]
+                line(f"ratio gtm / {short}, each round", " ".join(f"{r:.2f}" for r in each))
+                line(f"ratio gtm / {short}, median", f"{statistics.median(each):.2f}")
     finally:
         backend.stop()
 
