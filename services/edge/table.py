@@ -26,7 +26,7 @@ from shared.messages import AnswerSet, encoder
 FAST_QTYPES = (QType.A, QType.AAAA, QType.HTTPS)  # HTTPS: asked beside A and AAAA by browsers
 _FAST_TAILS = tuple((qtype, struct.pack("!HH", qtype, wire.CLASS_IN)) for qtype in FAST_QTYPES)
 _CNAME_TAIL = struct.pack("!HH", QType.CNAME, wire.CLASS_IN)  # CNAME domains answer it too
-_TAILS = tuple(tail for _, tail in _FAST_TAILS)
+_KEY_TAILS = (*(tail for _, tail in _FAST_TAILS), _CNAME_TAIL)  # every fast-path key a domain can have
 _ANY = int(QType.ANY)  # read per query: a plain int
 _ROOM = wire.MIN_PAYLOAD - wire.HEADER_LEN - 4  # for the name and the EDNS body
 
@@ -211,11 +211,12 @@ class AnswerTable:
         for qtype, tail in _FAST_TAILS:
             chosen = answer if cname or qtype == rtype else other
             if chosen is not None and chosen.max_body <= room:
-                self._fast(name + tail, chosen)
+                self._put_fast(name + tail, chosen)
         if cname and answer is not None and answer.max_body <= room:
-            self._fast(name + _CNAME_TAIL, answer)
+            self._put_fast(name + _CNAME_TAIL, answer)
 
-    def _fast(self, key: bytes, answer: Answer) -> None:
+    def _put_fast(self, key: bytes, answer: Answer) -> None:
+        """Answer the question ``key`` on the fast path (and say so in ``fixed`` when the answer never changes)."""
         self.fast[key] = answer.pick
         if answer.variant is not None:
             self.fixed[key] = answer.variant
@@ -246,7 +247,7 @@ class AnswerTable:
         return REFUSED, None
 
     def _drop_fast(self, name: bytes) -> None:
-        for tail in (*_TAILS, _CNAME_TAIL):
+        for tail in _KEY_TAILS:
             key = name + tail
             self.fast.pop(key, None)
             self.fixed.pop(key, None)

@@ -18,10 +18,9 @@ from typing import Literal
 import msgspec
 from msgspec import Struct
 
+from services.scheduler.decide import CONDITION_SHARE  # the same words: share of checks (here) or addresses
 from shared.messages import AddressState, HealthLogEntry, ProbeResult
 from shared.resources import Address, HealthCheck, checks_of
-
-from .decide import CONDITION_SHARE  # the same words: share of checks (here) or addresses that must pass
 
 State = Literal["unknown", "up", "down"]
 
