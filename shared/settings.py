@@ -120,6 +120,7 @@ class EdgeSettings(_Settings, frozen=True):
     zone: str = ""  # when set, authoritative for it: SOA/NS at the apex, SOA in negatives
     ns: tuple[str, ...] = ()  # NS names of the zone (none: ns1.<zone>)
     state_dir: str = ".data/edge"  # where the last answer table is kept for a start without NATS ("" = nowhere)
+    udp_gso: bool = True  # replies of one size to one sender in a batch go as one segmented send (UDP GSO)
     rrl: RrlSettings = RrlSettings()
 
 
@@ -220,6 +221,8 @@ def _allowed(path: str) -> str:
             return f"{kind} from {info.ge} to {info.le}"
         bounds = [f"{op} {v}" for op, v in ((">=", info.ge), (">", info.gt), ("<=", info.le)) if v is not None]
         return " ".join([kind, " and ".join(bounds)]).strip()
+    if isinstance(info, msgspec.inspect.BoolType):
+        return "true or false (or 1 or 0)"
     if isinstance(info, msgspec.inspect.StrType) and info.pattern:
         return f"1-{info.max_length} characters without '.', '*', '>' or spaces (one NATS subject token)"
     return "a valid value"

@@ -48,8 +48,10 @@ def test_values_are_read_and_normalised() -> None:
             "GTM_EDGE_NS": "ns1.example.com, NS2.example.net.",
             "GTM_EDGE_RRL_EXEMPT": "10.1.2.3/8",
             "GTM_NATS_REPLICAS": "",  # empty: the default
+            "GTM_EDGE_UDP_GSO": "false",
         },
     )
+    assert not s.edge.udp_gso and load("edge", {}).edge.udp_gso
     assert (s.edge.workers, s.scheduler.lease_s, s.log.level) == (4, 0.5, "debug")
     assert (s.edge.zone, s.edge.ns) == ("example.com", ("ns1.example.com", "ns2.example.net"))
     assert s.edge.rrl.exempt == ("10.0.0.0/8",) and s.nats.replicas == 0
@@ -64,6 +66,7 @@ def test_values_are_read_and_normalised() -> None:
         ({"GTM_SCHEDULER_TICK_S": "0"}, "GTM_SCHEDULER_TICK_S='0' is not allowed: it must be a number > 0 and <= 10"),
         ({"GTM_PROBER_CONCURRENCY": "many"}, "GTM_PROBER_CONCURRENCY='many' is not allowed: it must be an integer from 1"),
         ({"GTM_NATS_REPLICAS": "7"}, "GTM_NATS_REPLICAS='7' is not allowed: it must be an integer from 0 to 5"),
+        ({"GTM_EDGE_UDP_GSO": "yes"}, "GTM_EDGE_UDP_GSO='yes' is not allowed: it must be true or false (or 1 or 0)"),
         ({"GTM_LOG_FORMAT": "xml"}, "GTM_LOG_FORMAT='xml' is not allowed: it must be one of auto, console, json"),
         ({"GTM_PROBER_REGION": "eu.west"}, "GTM_PROBER_REGION='eu.west' is not allowed"),
         ({"GTM_EDGE_ZONE": "bad..zone"}, "GTM_EDGE_ZONE='bad..zone': bad label"),

@@ -1,14 +1,16 @@
 """UDP and TCP DNS listeners around a Responder (SO_REUSEPORT, UDP rate limiting; TCP in :mod:`.tcp`).
 
 UDP takes one of two paths, chosen at start: :class:`BatchUdp` (Linux: ``recvmmsg``/``sendmmsg`` through
-:mod:`.mmsg`, up to 64 datagrams per system call, driven by ``loop.add_reader``), or, where those calls
-cannot be had, :class:`UdpProtocol` on the loop's datagram transport (one datagram per call).
+:mod:`.mmsg`, up to 64 datagrams per system call, driven by ``loop.add_reader``; replies of one size to
+one sender go as one segmented message where the kernel has UDP GSO), or, where those calls cannot be
+had, :class:`UdpProtocol` on the loop's datagram transport (one datagram per call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import time
 from collections import deque
@@ -31,6 +33,9 @@ BATCH = 64  # datagrams per recvmmsg/sendmmsg
 BATCH_ROUNDS = 8  # full batches read per readiness callback before the loop's other work gets a turn
 MAX_PENDING = 4096  # replies held while the socket's send buffer is full; beyond, dropped (counted)
 MAX_CLIENTS = 65536  # cached sender addresses (raw sockaddr -> tuple); cleared when full
+# Errors of a segmented send that mean this kernel or route will not segment (checksums off, IPsec, MTU):
+# the replies go one by one, and the listener stops segmenting.
+GSO_REFUSED = frozenset((errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
 
 
 def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
@@ -116,10 +121,22 @@ class BatchUdp:
     Per datagram it does what :class:`UdpProtocol` does (answer, rate limit, send); a reply that cannot go
     now (EAGAIN) waits in a bounded queue sent when the socket is writable; one that fails otherwise (an
     ICMP-induced error: the client left) is skipped. ``sent``, ``send_failed`` and ``dropped`` count them.
+
+    With ``gso`` (and a kernel that has it), replies of one size to one sender (address and port) in a
+    batch go as one ``UDP_SEGMENT`` message, cut into datagrams by the kernel: a resolver that sends
+    many queries from one port costs one pass through the network stack per batch, not per reply.
+    ``coalesced`` counts the replies sent so. If the kernel refuses (:data:`GSO_REFUSED`), those replies
+    go one by one and the listener stops segmenting (logged ``udp_gso_refused``).
     """
 
     def __init__(
-        self, responder: Responder, sock: socket.socket, limiter: Limiter | None = None, *, slots: int = BATCH
+        self,
+        responder: Responder,
+        sock: socket.socket,
+        limiter: Limiter | None = None,
+        *,
+        slots: int = BATCH,
+        gso: bool = True,
     ) -> None:
         self._answer = responder.answer
         self._limiter = limiter
@@ -133,7 +150,9 @@ class BatchUdp:
         self._pending: deque[tuple[bytes, tuple[Any, ...]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._n = 0
-        self.sent = self.send_failed = self.dropped = 0
+        self.gso = gso and mmsg.gso_supported(sock)
+        self._messages: list[list[int]] | None = None  # while a packed batch is sent: each message's send slots
+        self.sent = self.send_failed = self.dropped = self.coalesced = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Answer whatever arrives, from now on."""
@@ -177,6 +196,8 @@ class BatchUdp:
 
         A query whose bytes after the ID are in the reply cache is answered from there (its ID copied
         into the cached reply in the send buffer); any other is parsed and answered by the responder.
+        With :attr:`gso`, replies are grouped by sender and size as they are made, and a batch with a
+        group of more than one goes out packed (:meth:`mmsg.Ring.pack`).
         """
         ring = self._ring
         data, words, out = ring.recv_view, ring.recv_words, ring.send_view
@@ -187,12 +208,18 @@ class BatchUdp:
         v4 = ring.family == socket.AF_INET
         clients, replies = self._clients, self._replies.current()
         answer, limiter = self._answer, self._limiter
+        groups: dict[Any, list[int]] | None = {} if self.gso else None  # (sender, size) -> [sockaddr, size, slots]
+        w = 0
         k = 0
         moved = False  # whether a send header points at another slot's sender than its own
         for i, o, length, key_at, name in ring.plan[:n]:
             end = o + words[length]
             hit = replies.get(data[o + 2 : end].tobytes())
-            key: Any = names_q[key_at] & addr_mask if v4 else names[key_at + 8 : key_at + 28].tobytes()
+            if v4:
+                w = names_q[key_at]  # family, port and address
+                key: Any = w & addr_mask
+            else:
+                key = names[key_at + 8 : key_at + 28].tobytes()
             peer = clients.get(key)
             if peer is None:
                 peer = self._peer(i, key)
@@ -230,8 +257,21 @@ class BatchUdp:
             if k != i:  # an earlier query got no reply: this reply goes out from an earlier send slot
                 send_ptrs[k * hdr_ptrs + name_ptr] = name
                 moved = True
+            if groups is not None:
+                g: Any = w << 13 | size if v4 else (names[key_at + 2 : key_at + 4].tobytes(), key, size)
+                group = groups.get(g)
+                if group is None:
+                    groups[g] = [name, size, k]
+                else:
+                    group.append(k)
             k += 1
         if k:
+            if groups is not None and len(groups) < k:
+                messages = self._flush_packed(groups)
+                ring.reset_names(k if moved else messages)  # pack pointed headers at other slots' senders
+                return
+            if ring.packed:
+                ring.unpack()
             self._flush(k)
         if moved:
             ring.reset_names(k)
@@ -247,31 +287,72 @@ class BatchUdp:
         peer = clients[key] = (client, subnet)
         return peer
 
+    def _flush_packed(self, groups: dict[Any, list[int]]) -> int:
+        """Send the batch's replies as messages of one group each (segmented where more than one); how many."""
+        messages = self._messages = self._ring.pack(groups.values())
+        try:
+            self._flush(len(messages))
+        finally:
+            self._messages = None
+        return len(messages)
+
     def _flush(self, k: int) -> None:
-        """Send prepared send slots ``0 .. k-1``: what cannot go now waits, failures are skipped and counted."""
-        ring, fd = self._ring, self._fd
+        """Send prepared send headers ``0 .. k-1``: what cannot go now waits, failures are skipped and counted."""
+        ring, fd, messages = self._ring, self._fd, self._messages
         start = 0
         while start < k:
             try:
-                start += ring.send(fd, start, k)
+                went = ring.send(fd, start, k)
             except BlockingIOError:
                 self._hold(start, k)
                 break
             except InterruptedError:
                 continue
-            except OSError:  # this one reply (e.g. an ICMP-induced error): skip it
-                self.send_failed += 1
+            except OSError as exc:
+                if messages is not None and len(messages[start]) > 1:
+                    self._unsegment(start, exc)
+                else:  # this one reply (e.g. an ICMP-induced error): skip it
+                    self.send_failed += 1
                 start += 1
-        self.sent += start
+                continue
+            if messages is None:
+                self.sent += went
+            else:
+                replies = segmented = 0
+                for message in messages[start : start + went]:
+                    replies += len(message)
+                    if len(message) > 1:
+                        segmented += len(message)
+                self.sent += replies
+                self.coalesced += segmented
+            start += went
+
+    def _unsegment(self, j: int, exc: OSError) -> None:
+        """Send the replies of segmented message ``j``, which failed, one by one; stop segmenting if the
+        kernel refused to segment."""
+        if exc.errno in GSO_REFUSED and self.gso:
+            self.gso = False
+            log.warning("udp_gso_refused", error=str(exc), listen=self._sock.getsockname())
+        client, replies = self._replies_of(j)
+        for reply in replies:
+            self._send_one(reply, client)
+
+    def _replies_of(self, j: int) -> tuple[tuple[Any, ...], list[bytes]]:
+        """The receiver and the reply or replies of send header ``j``."""
+        ring = self._ring
+        i = (ring.send_ptrs[j * ring.hdr_ptrs + ring.name_ptr] - ring.names_base) // ring.name_stride
+        replies = []
+        for s in self._messages[j] if self._messages is not None else (j,):
+            size = ring.send_iov_ptrs[s * ring.iov_ptrs + ring.iovlen_ptr]
+            replies.append(bytes(ring.send_data[s * _SLOT : s * _SLOT + size]))
+        return ring.address(i), replies
 
     def _hold(self, start: int, k: int) -> None:
-        """Queue send slots ``start .. k-1`` as (reply, address) until the socket is writable."""
-        ring = self._ring
-        stride, base = ring.name_stride, ring.names_base
+        """Queue the replies of send headers ``start .. k-1`` as (reply, address) until the socket is writable."""
         for j in range(start, k):
-            i = (ring.send_ptrs[j * ring.hdr_ptrs + ring.name_ptr] - base) // stride
-            size = ring.send_iov_ptrs[j * ring.iov_ptrs + ring.iovlen_ptr]
-            self._queue(bytes(ring.send_data[j * _SLOT : j * _SLOT + size]), ring.address(i))
+            client, replies = self._replies_of(j)
+            for reply in replies:
+                self._queue(reply, client)
 
     def _send_one(self, reply: bytes, client: tuple[Any, ...]) -> None:
         """Send one reply with ``sendto`` (queued if the socket is full, skipped on other errors)."""
@@ -325,14 +406,16 @@ class DnsListener:
         max_tcp: int = MAX_TCP_CONNECTIONS,
         limiter: Limiter | None = None,
         batch: bool = True,
+        gso: bool = True,
     ) -> None:
-        """``batch``: use :class:`BatchUdp` where the system has recvmmsg/sendmmsg (False: always the transport)."""
+        """``batch``: use :class:`BatchUdp` where the system has recvmmsg/sendmmsg (False: always the transport);
+        ``gso``: let it send segmented replies where the kernel can."""
         self.responder = responder
         self.limiter = limiter
         self.host, self.port = host, port
         self.tcp_idle_s, self.tcp_stall_s = tcp_idle_s, tcp_stall_s
         self.conns = TcpConnections(max_tcp)
-        self.batch = batch
+        self.batch, self.gso = batch, gso
         self._udp: asyncio.DatagramTransport | None = None
         self._batch: BatchUdp | None = None
         self._tcp: asyncio.Server | None = None
@@ -351,7 +434,8 @@ class DnsListener:
             self._udp, _ = await loop.create_datagram_endpoint(
                 lambda: UdpProtocol(self.responder, usock, self.limiter), sock=usock
             )
-        log.info("udp_path", path=self.udp_path, listen=f"{self.host}:{self.port}")
+        gso = self._batch is not None and self._batch.gso
+        log.info("udp_path", path=self.udp_path, gso=gso, listen=f"{self.host}:{self.port}")
         if self.limiter is not None:
             self._tick()
         self._tcp = await loop.create_server(
@@ -382,7 +466,7 @@ class DnsListener:
     def _batch_udp(self, sock: socket.socket) -> BatchUdp | None:
         """The batch path on ``sock``, or None where recvmmsg/sendmmsg cannot be used (logged)."""
         try:
-            return BatchUdp(self.responder, sock, self.limiter)
+            return BatchUdp(self.responder, sock, self.limiter, gso=self.gso)
         except OSError as exc:
             log.info("udp_batch_unavailable", error=str(exc))
             return None

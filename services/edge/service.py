@@ -209,7 +209,9 @@ async def run(
         await stack.enter_async_context(ops.serve(settings.metrics_listen, ready=serving.ready, detail=serving.detail))
         counts, limited = QueryCounts(), RrlCounts()
         register_collector(counts, table, limited, serving)
-        listener = DnsListener(Responder(table, counts), host, port, limiter=_limiter(edge.rrl, limited))
+        listener = DnsListener(
+            Responder(table, counts), host, port, limiter=_limiter(edge.rrl, limited), gso=edge.udp_gso
+        )
 
         async def answer_from(source: str) -> None:
             await listener.start()
