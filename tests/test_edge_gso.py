@@ -8,11 +8,13 @@ the replies go one by one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dns.message
@@ -20,7 +22,9 @@ import pytest
 
 from services.edge import mmsg
 from services.edge.responder import Responder
-from services.edge.server import BatchUdp
+from services.edge.server import BatchUdp, DnsListener
+from tests.bench.common import answer, publish
+from tests.support import Service, answer_addresses, dns_query, free_port
 from tests.test_edge_mmsg import Recording, _table
 
 pytestmark = pytest.mark.skipif(mmsg.load() is None, reason="recvmmsg/sendmmsg unavailable here")
@@ -240,3 +244,34 @@ def mmsg_sockaddr(addr: tuple[str, int]) -> bytes:
     """A raw sockaddr_in for ``addr``."""
     raw = socket.AF_INET.to_bytes(2, sys.byteorder) + addr[1].to_bytes(2, "big") + socket.inet_aton(addr[0])
     return raw + bytes(8)
+
+
+@needs_gso
+@pytest.mark.parametrize("gso", [True, False])
+async def test_the_listener_segments_unless_told_not_to(gso: bool) -> None:
+    """``GTM_EDGE_UDP_GSO`` reaches the batch path as the listener's ``gso``."""
+    listener = DnsListener(Responder(_table()), "127.0.0.1", free_port(), gso=gso)
+    await listener.start()
+    try:
+        assert listener._batch is not None and listener._batch.gso is gso
+    finally:
+        await listener.stop()
+
+
+@needs_gso
+@pytest.mark.parametrize(("value", "gso"), [(None, True), ("false", False)])
+def test_a_real_edge_takes_gtm_edge_udp_gso_and_answers_either_way(
+    nats_url: str, log_dir: Path, value: str | None, gso: bool
+) -> None:
+    asyncio.run(publish(nats_url, [answer("gso.example.com", ["192.0.2.7"])]))
+    dns_port = free_port()
+    env = {"NATS_URL": nats_url, "GTM_DNS_LISTEN": f"127.0.0.1:{dns_port}"}
+    if value is not None:
+        env["GTM_EDGE_UDP_GSO"] = value
+    svc = Service("edge", env, log_dir).start()
+    try:
+        svc.wait_for_event("service_ready")
+        assert (svc.wait_for_event("udp_path")["path"], svc.wait_for_event("udp_path")["gso"]) == ("batch", gso)
+        assert answer_addresses(dns_query(dns_port, "gso.example.com")) == ["192.0.2.7"]
+    finally:
+        svc.stop()
