@@ -48,8 +48,6 @@ nft:
 	    echo "nft not installed: the partition tests will skip"; }
 
 test: $(STAMP) browser promtool nft lint
-	@# The services the tests start load bytecode instead of compiling each module again (PYTHONDONTWRITEBYTECODE may be set).
-	$(PY) -m compileall -q services shared tests >/dev/null
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: $(STAMP)
