@@ -167,7 +167,7 @@ class Ring:
         head += socket.SOL_UDP.to_bytes(4, sys.byteorder) + UDP_SEGMENT.to_bytes(4, sys.byteorder)
         for j in range(slots):
             ctypes.memmove(ctypes.addressof(self._cmsgs) + j * _CMSG_SPACE, head, len(head))
-        self._send_base, self._send_iov_base = sbase, ctypes.addressof(self._send_iov)
+        self._send_iov_base = ctypes.addressof(self._send_iov)
         self._gso_iov_base, self._cmsg_base = ctypes.addressof(self._gso_iov), ctypes.addressof(self._cmsgs)
         self._cmsg_data = len(head)  # CMSG_DATA: the segment size's offset in its cmsg
         self._slot_bases = [sbase + i * SLOT for i in range(slots)]

@@ -267,8 +267,8 @@ class BatchUdp:
             k += 1
         if k:
             if groups is not None and len(groups) < k:
-                messages = self._flush_packed(groups)
-                ring.reset_names(k if moved else messages)  # pack pointed headers at other slots' senders
+                count = self._flush_packed(groups)
+                ring.reset_names(k if moved else count)  # pack pointed headers at other slots' senders
                 return
             if ring.packed:
                 ring.unpack()
